@@ -1,1 +1,883 @@
-//! (filled in by the http_match issue)
+//! Istio VirtualService `HTTPMatchRequest`, evaluated the way Envoy evaluates the
+//! `RouteMatch` istiod generates for it (pilot `route.go` `TranslateRouteMatch`).
+//!
+//! Semantics (reference/istio-semantics.md §D.1):
+//! - A list of `match` entries is OR; the fields inside one entry are AND. An
+//!   empty list (no `match`) matches every request; so does an entry `{}`.
+//! - `uri`: `exact` and `regex` test `:path` without its query string and
+//!   fragment; `prefix` tests the raw `:path` (query included), as Envoy's
+//!   `path`/`safe_regex`/`prefix`. `ignoreUriCase` makes exact/prefix
+//!   ASCII-case-insensitive and does not apply to regex (Envoy `case_sensitive`).
+//! - `scheme`, `method`, `authority` are header matchers on `:scheme`,
+//!   `:method`, `:authority` (case-sensitive; the authority includes the port).
+//! - `headers`: names are lower-cased as Envoy's `LowerCaseString` does; several
+//!   values of one header are joined with `,` before matching; `{}` or
+//!   `regex: "*"` means "present"; `exact: ""` matches an empty value.
+//! - `withoutHeaders`: the same matcher inverted, with a missing header treated
+//!   as `""` (so `{exact: foo}` holds when the header is absent) except for the
+//!   presence form, which holds when the header is absent.
+//! - `queryParams`: the first value of the key in the raw (not percent-decoded)
+//!   query string; `?key` has the value `""`; `{}`/`regex: "*"` means present.
+//! - Every regex is RE2 syntax, matched against the whole value (anchored).
+//!   The engine is `regex-lite`: RE2's ASCII `\d \w \s \b`, codepoint-wise `.`;
+//!   Unicode classes (`\p{..}`) and Unicode case folding are refused/ASCII-only.
+//!
+//! Refused with a clear error (not silently ignored, since ignoring them would
+//! widen a route to traffic its author excluded): `sourceLabels`, `gateways`,
+//! `sourceNamespace` and `port` — istiod uses them to choose which proxies get
+//! the route, not to match requests; select workloads with the WasmPlugin
+//! `selector`/`targetRefs` instead. Header names `@request.auth.claims...`
+//! (JWT-claim routing via jwt_authn metadata) are refused too.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, FieldPath};
+
+/// Istio `StringMatch`: a oneof of `exact`, `prefix`, `regex`, or none (`{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// Istio `HTTPMatchRequest` (networking/v1alpha3/virtual_service.proto).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatchRequest {
+    /// Informational (Istio appends it to the route name).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    /// Informational (Envoy route stat prefix).
+    #[serde(default)]
+    pub stat_prefix: Option<String>,
+}
+
+/// A compiled string matcher (Envoy `StringMatcher`, plus `present_match`).
+#[derive(Debug, Clone)]
+pub enum StringMatcher {
+    Exact(String),
+    Prefix(String),
+    /// Anchored: `^(?:re)$`, so `is_match` is RE2 `FullMatch`.
+    Regex(Regex),
+    Present,
+}
+
+impl StringMatcher {
+    /// Matches a present value (Present is decided by the caller).
+    fn matches_value(&self, value: &[u8]) -> bool {
+        match self {
+            StringMatcher::Exact(e) => value == e.as_bytes(),
+            StringMatcher::Prefix(p) => value.starts_with(p.as_bytes()),
+            StringMatcher::Regex(re) => re.is_match(&String::from_utf8_lossy(value)),
+            StringMatcher::Present => true,
+        }
+    }
+}
+
+/// Where a `StringMatch` appears decides what Istio accepts there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// `uri`: empty prefix allowed, `{}` means prefix `/`, no presence form.
+    Uri,
+    /// headers, withoutHeaders, method, authority, scheme, queryParams.
+    Header,
+}
+
+/// Compiles an RE2 pattern for a full match. Istio refuses empty regexes and
+/// patterns longer than 1024 bytes.
+pub fn compile_full_match_regex(re: &str, path: &FieldPath) -> Result<Regex, ConfigError> {
+    if re.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "regex string match should not be empty",
+        ));
+    }
+    if re.len() > 1024 {
+        return Err(ConfigError::new(
+            path,
+            "regex is too large, max length allowed is 1024",
+        ));
+    }
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| {
+        let first = e.to_string();
+        let first = first.lines().last().unwrap_or("").trim().to_string();
+        ConfigError::new(path, format!("invalid regex {re:?}: {first} (RE2 syntax)"))
+    })
+}
+
+impl StringMatch {
+    fn compile(&self, site: Site, path: &FieldPath) -> Result<StringMatcher, ConfigError> {
+        let set = [&self.exact, &self.prefix, &self.regex]
+            .iter()
+            .filter(|o| o.is_some())
+            .count();
+        if set > 1 {
+            return Err(ConfigError::new(
+                path,
+                "only one of exact, prefix, regex may be set",
+            ));
+        }
+        if let Some(e) = &self.exact {
+            return Ok(StringMatcher::Exact(e.clone()));
+        }
+        if let Some(p) = &self.prefix {
+            if p.is_empty() && site == Site::Header {
+                return Err(ConfigError::new(
+                    &path.field("prefix"),
+                    "prefix string match should not be empty",
+                ));
+            }
+            return Ok(StringMatcher::Prefix(p.clone()));
+        }
+        if let Some(r) = &self.regex {
+            if r == "*" && site == Site::Header {
+                // Istio: `*` is not RE2; it is translated to present_match.
+                return Ok(StringMatcher::Present);
+            }
+            return Ok(StringMatcher::Regex(compile_full_match_regex(
+                r,
+                &path.field("regex"),
+            )?));
+        }
+        Ok(match site {
+            Site::Header => StringMatcher::Present,
+            // TranslateRouteMatch keeps its default `prefix: "/"`.
+            Site::Uri => StringMatcher::Prefix("/".to_string()),
+        })
+    }
+}
+
+/// Envoy `HeaderMatcher` as istiod builds it.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    /// Lower-cased.
+    pub name: String,
+    pub matcher: StringMatcher,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+impl HeaderMatcher {
+    /// Envoy `HeaderUtility::matchHeaders` for one matcher.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let value = req.header(&self.name);
+        let matched = match (&value, &self.matcher) {
+            (None, StringMatcher::Present) => false,
+            (None, m) if self.treat_missing_as_empty => m.matches_value(b""),
+            (None, _) => false,
+            (Some(v), m) => m.matches_value(v),
+        };
+        matched != self.invert
+    }
+}
+
+/// Envoy `QueryParameterMatcher`.
+#[derive(Debug, Clone)]
+pub struct QueryParamMatcher {
+    pub name: String,
+    pub matcher: StringMatcher,
+}
+
+impl QueryParamMatcher {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        match req.query_param(&self.name) {
+            None => false,
+            Some(v) => self.matcher.matches_value(v),
+        }
+    }
+}
+
+/// Envoy `RouteMatch` path specifier.
+#[derive(Debug, Clone)]
+pub struct UriMatcher {
+    pub matcher: StringMatcher,
+    pub ignore_case: bool,
+}
+
+impl UriMatcher {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let raw = req.path();
+        match &self.matcher {
+            StringMatcher::Prefix(p) => {
+                let p = p.as_bytes();
+                raw.len() >= p.len()
+                    && if self.ignore_case {
+                        raw[..p.len()].eq_ignore_ascii_case(p)
+                    } else {
+                        &raw[..p.len()] == p
+                    }
+            }
+            StringMatcher::Exact(e) => {
+                let path = req.path_without_query();
+                if self.ignore_case {
+                    path.eq_ignore_ascii_case(e.as_bytes())
+                } else {
+                    path == e.as_bytes()
+                }
+            }
+            // `case_sensitive` is ignored for safe_regex.
+            StringMatcher::Regex(re) => {
+                re.is_match(&String::from_utf8_lossy(req.path_without_query()))
+            }
+            StringMatcher::Present => true,
+        }
+    }
+}
+
+/// One compiled `HTTPMatchRequest`: every condition must hold.
+#[derive(Debug, Clone)]
+pub struct HttpMatch {
+    pub name: Option<String>,
+    pub uri: Option<UriMatcher>,
+    /// Including `:method`, `:authority`, `:scheme` and the inverted
+    /// `withoutHeaders` matchers.
+    pub headers: Vec<HeaderMatcher>,
+    pub query_params: Vec<QueryParamMatcher>,
+}
+
+impl HttpMatch {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.uri.as_ref().is_none_or(|u| u.matches(req))
+            && self.headers.iter().all(|h| h.matches(req))
+            && self.query_params.iter().all(|q| q.matches(req))
+    }
+}
+
+const PSEUDO_HEADERS: [&str; 5] = [":method", ":scheme", ":authority", ":path", ":status"];
+
+/// Istio `ValidateHTTPHeaderNameOrJwtClaimRoute`, minus the JWT-claim form
+/// which meshwasm does not evaluate.
+fn validate_header_name(name: &str, path: &FieldPath) -> Result<String, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(path, "header name cannot be empty"));
+    }
+    if name.starts_with("@request.auth.claims") {
+        return Err(ConfigError::new(
+            path,
+            "JWT claim matching (@request.auth.claims) is not supported by meshwasm",
+        ));
+    }
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !PSEUDO_HEADERS.contains(&name) && !name.chars().all(tchar) {
+        return Err(ConfigError::new(
+            path,
+            format!("header name {name} is not a valid header name"),
+        ));
+    }
+    // Envoy's HeaderMatcher name is a LowerCaseString.
+    Ok(name.to_ascii_lowercase())
+}
+
+impl HttpMatchRequest {
+    /// Validates as Istio does and compiles once; errors name the field path
+    /// under `path` (e.g. `http[0].match[1].headers[x-user].regex`).
+    pub fn compile(&self, path: &FieldPath) -> Result<HttpMatch, ConfigError> {
+        self.refuse_selectors(path)?;
+
+        let mut headers = Vec::new();
+        for (name, sm) in &self.headers {
+            let p = path.field("headers").key(name);
+            let name = validate_header_name(name, &p)?;
+            let matcher = sm.compile(Site::Header, &p)?;
+            headers.push(HeaderMatcher {
+                name,
+                matcher,
+                invert: false,
+                treat_missing_as_empty: false,
+            });
+        }
+        for (name, sm) in &self.without_headers {
+            let p = path.field("withoutHeaders").key(name);
+            let name = validate_header_name(name, &p)?;
+            let matcher = sm.compile(Site::Header, &p)?;
+            // treat_missing_header_as_empty conflicts with present_match.
+            let treat_missing_as_empty = !matches!(matcher, StringMatcher::Present);
+            headers.push(HeaderMatcher {
+                name,
+                matcher,
+                invert: true,
+                treat_missing_as_empty,
+            });
+        }
+        for (field, pseudo, sm) in [
+            ("method", ":method", &self.method),
+            ("authority", ":authority", &self.authority),
+            ("scheme", ":scheme", &self.scheme),
+        ] {
+            if let Some(sm) = sm {
+                headers.push(HeaderMatcher {
+                    name: pseudo.to_string(),
+                    matcher: sm.compile(Site::Header, &path.field(field))?,
+                    invert: false,
+                    treat_missing_as_empty: false,
+                });
+            }
+        }
+
+        let uri = match &self.uri {
+            None => None,
+            Some(sm) => Some(UriMatcher {
+                matcher: sm.compile(Site::Uri, &path.field("uri"))?,
+                ignore_case: self.ignore_uri_case,
+            }),
+        };
+
+        let mut query_params = Vec::new();
+        for (name, sm) in &self.query_params {
+            let p = path.field("queryParams").key(name);
+            query_params.push(QueryParamMatcher {
+                name: name.clone(),
+                matcher: sm.compile(Site::Header, &p)?,
+            });
+        }
+
+        Ok(HttpMatch {
+            name: self.name.clone(),
+            uri,
+            headers,
+            query_params,
+        })
+    }
+
+    fn refuse_selectors(&self, path: &FieldPath) -> Result<(), ConfigError> {
+        const WHY: &str = "is a config-time selector of which proxies get the route in Istio, \
+                           not a request match; meshwasm refuses it rather than ignore it \
+                           (select the workload with the WasmPlugin selector instead)";
+        if !self.source_labels.is_empty() {
+            return Err(ConfigError::new(
+                &path.field("sourceLabels"),
+                format!("sourceLabels {WHY}"),
+            ));
+        }
+        if !self.gateways.is_empty() {
+            return Err(ConfigError::new(
+                &path.field("gateways"),
+                format!("gateways {WHY}"),
+            ));
+        }
+        if self
+            .source_namespace
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ConfigError::new(
+                &path.field("sourceNamespace"),
+                format!("sourceNamespace {WHY}"),
+            ));
+        }
+        if self.port.is_some_and(|p| p != 0) {
+            return Err(ConfigError::new(&path.field("port"), format!("port {WHY}")));
+        }
+        Ok(())
+    }
+}
+
+/// A route's `match` list, compiled. Empty = matches every request.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMatchList(pub Vec<HttpMatch>);
+
+impl HttpMatchList {
+    /// Compiles `list`, whose field path is `path` (e.g. `http[0].match`).
+    pub fn compile(list: &[HttpMatchRequest], path: &FieldPath) -> Result<Self, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, m)| m.compile(&path.index(i)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(HttpMatchList)
+    }
+
+    /// OR over the entries; an empty list matches.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.0.is_empty() || self.0.iter().any(|m| m.matches(req))
+    }
+
+    /// The index of the first entry that holds (None when the list is empty).
+    pub fn first_match(&self, req: &RequestView<'_>) -> Option<usize> {
+        self.0.iter().position(|m| m.matches(req))
+    }
+}
+
+/// The request as the matchers see it: the request headers as the host hands
+/// them over (lower-case names, pseudo-headers `:path`, `:method`,
+/// `:authority`, `:scheme` included; values as bytes).
+pub struct RequestView<'a> {
+    headers: &'a [(String, Vec<u8>)],
+    path: &'a [u8],
+    query: OnceCell<Vec<(&'a [u8], &'a [u8])>>,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(headers: &'a [(String, Vec<u8>)]) -> Self {
+        let path = headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(b"");
+        RequestView {
+            headers,
+            path,
+            query: OnceCell::new(),
+        }
+    }
+
+    /// The raw `:path`, query included.
+    pub fn path(&self) -> &'a [u8] {
+        self.path
+    }
+
+    /// `:path` up to the first `?` or `#` (Envoy `removeQueryAndFragment`).
+    pub fn path_without_query(&self) -> &'a [u8] {
+        let end = self
+            .path
+            .iter()
+            .position(|&b| b == b'?' || b == b'#')
+            .unwrap_or(self.path.len());
+        &self.path[..end]
+    }
+
+    /// A header's value; several values are joined with `,` as Envoy's
+    /// `getAllOfHeaderAsString` does. `name` must be lower-case.
+    pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
+        let mut found: Option<Cow<'a, [u8]>> = None;
+        for (k, v) in self.headers {
+            if k.eq_ignore_ascii_case(name) {
+                found = Some(match found {
+                    None => Cow::Borrowed(v.as_slice()),
+                    Some(prev) => {
+                        let mut joined = prev.into_owned();
+                        joined.push(b',');
+                        joined.extend_from_slice(v);
+                        Cow::Owned(joined)
+                    }
+                });
+            }
+        }
+        found
+    }
+
+    /// The first value of a query parameter, raw (not percent-decoded), as
+    /// Envoy's `QueryParamsMulti::parseQueryString` + `getFirstValue`.
+    pub fn query_param(&self, name: &str) -> Option<&'a [u8]> {
+        self.query
+            .get_or_init(|| parse_query(self.path))
+            .iter()
+            .find(|(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| *v)
+    }
+}
+
+fn parse_query(path: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let Some(q) = path.iter().position(|&b| b == b'?') else {
+        return Vec::new();
+    };
+    path[q + 1..]
+        .split(|&b| b == b'&')
+        .map(|param| match param.iter().position(|&b| b == b'=') {
+            Some(eq) => (&param[..eq], &param[eq + 1..]),
+            None => (param, &b""[..]),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::from_json;
+    use serde_json::json;
+
+    fn hdrs(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![
+            (":method".to_string(), method.as_bytes().to_vec()),
+            (":path".to_string(), path.as_bytes().to_vec()),
+            (":authority".to_string(), b"svc.local:8080".to_vec()),
+            (":scheme".to_string(), b"http".to_vec()),
+        ];
+        for (k, v) in extra {
+            h.push((k.to_string(), v.as_bytes().to_vec()));
+        }
+        h
+    }
+
+    fn compile(v: serde_json::Value) -> Result<HttpMatchList, ConfigError> {
+        let list: Vec<HttpMatchRequest> = from_json(v.to_string().as_bytes())?;
+        HttpMatchList::compile(&list, &FieldPath::root().field("match"))
+    }
+
+    /// (method, path, extra headers, expected)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], bool);
+
+    fn check(m: serde_json::Value, cases: &[Case<'_>]) {
+        let list = compile(m.clone()).unwrap();
+        for (method, path, extra, want) in cases {
+            let h = hdrs(method, path, extra);
+            assert_eq!(
+                list.matches(&RequestView::new(&h)),
+                *want,
+                "match {m} on {method} {path} {extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uri_exact_ignores_query_and_fragment() {
+        check(
+            json!([{"uri": {"exact": "/a"}}]),
+            &[
+                ("GET", "/a", &[], true),
+                ("GET", "/a?x=1", &[], true),
+                ("GET", "/a#frag", &[], true),
+                ("GET", "/ab", &[], false),
+                ("GET", "/A", &[], false),
+                ("GET", "/a/", &[], false),
+            ],
+        );
+    }
+
+    #[test]
+    fn uri_prefix_is_raw_and_plain() {
+        check(
+            json!([{"uri": {"prefix": "/foo"}}]),
+            &[
+                ("GET", "/foo", &[], true),
+                ("GET", "/foobar", &[], true),
+                ("GET", "/foo/x?y", &[], true),
+                ("GET", "/fo", &[], false),
+                ("GET", "/FOO", &[], false),
+            ],
+        );
+        // The prefix sees the query: Envoy matches the raw :path.
+        check(
+            json!([{"uri": {"prefix": "/a?x"}}]),
+            &[("GET", "/a?x=1", &[], true), ("GET", "/a", &[], false)],
+        );
+        // Empty prefix is allowed for uri and matches everything.
+        check(json!([{"uri": {"prefix": ""}}]), &[("GET", "/", &[], true)]);
+    }
+
+    #[test]
+    fn uri_regex_full_match_without_query() {
+        check(
+            json!([{"uri": {"regex": "/api/v[0-9]+"}}]),
+            &[
+                ("GET", "/api/v1", &[], true),
+                ("GET", "/api/v12?x=/y", &[], true),
+                ("GET", "/api/v1/x", &[], false),
+                ("GET", "/x/api/v1", &[], false),
+            ],
+        );
+        // Alternation must not escape the anchors.
+        check(
+            json!([{"uri": {"regex": "/a|/b"}}]),
+            &[
+                ("GET", "/a", &[], true),
+                ("GET", "/b", &[], true),
+                ("GET", "/ab", &[], false),
+                ("GET", "/xb", &[], false),
+            ],
+        );
+        // RE2's \d is ASCII only.
+        check(
+            json!([{"uri": {"regex": "/\\d+"}}]),
+            &[("GET", "/12", &[], true), ("GET", "/١٢", &[], false)],
+        );
+    }
+
+    #[test]
+    fn ignore_uri_case_applies_to_exact_and_prefix_not_regex() {
+        check(
+            json!([{"uri": {"exact": "/Ab"}, "ignoreUriCase": true}]),
+            &[
+                ("GET", "/ab", &[], true),
+                ("GET", "/AB?Q", &[], true),
+                ("GET", "/abc", &[], false),
+            ],
+        );
+        check(
+            json!([{"uri": {"prefix": "/Ab"}, "ignoreUriCase": true}]),
+            &[("GET", "/aBc", &[], true), ("GET", "/a", &[], false)],
+        );
+        check(
+            json!([{"uri": {"regex": "/ab"}, "ignoreUriCase": true}]),
+            &[("GET", "/ab", &[], true), ("GET", "/AB", &[], false)],
+        );
+        check(
+            json!([{"uri": {"regex": "(?i)/ab"}}]),
+            &[("GET", "/AB", &[], true)],
+        );
+    }
+
+    #[test]
+    fn method_authority_scheme() {
+        check(
+            json!([{"method": {"exact": "POST"}}]),
+            &[
+                ("POST", "/", &[], true),
+                ("GET", "/", &[], false),
+                ("post", "/", &[], false),
+            ],
+        );
+        check(
+            json!([{"authority": {"exact": "svc.local:8080"}}]),
+            &[("GET", "/", &[], true)],
+        );
+        check(
+            json!([{"authority": {"exact": "svc.local"}}]),
+            &[("GET", "/", &[], false)],
+        );
+        check(
+            json!([{"authority": {"prefix": "svc."}}]),
+            &[("GET", "/", &[], true)],
+        );
+        check(
+            json!([{"scheme": {"exact": "https"}}]),
+            &[("GET", "/", &[], false)],
+        );
+        check(
+            json!([{"method": {"regex": "GET|HEAD"}}]),
+            &[("HEAD", "/", &[], true), ("GETX", "/", &[], false)],
+        );
+    }
+
+    #[test]
+    fn headers_exact_prefix_regex_present() {
+        let m = json!([{"headers": {"x-user": {"exact": "alice"}}}]);
+        check(
+            m,
+            &[
+                ("GET", "/", &[("x-user", "alice")], true),
+                ("GET", "/", &[("x-user", "Alice")], false),
+                ("GET", "/", &[], false),
+            ],
+        );
+        check(
+            json!([{"headers": {"x-v": {"prefix": "v1"}}}]),
+            &[
+                ("GET", "/", &[("x-v", "v1.2")], true),
+                ("GET", "/", &[("x-v", "v2")], false),
+            ],
+        );
+        check(
+            json!([{"headers": {"x-v": {"regex": "v[12]"}}}]),
+            &[
+                ("GET", "/", &[("x-v", "v1")], true),
+                ("GET", "/", &[("x-v", "v12")], false),
+            ],
+        );
+        for present in [json!({}), json!({"regex": "*"})] {
+            check(
+                json!([{"headers": {"x-v": present}}]),
+                &[("GET", "/", &[("x-v", "")], true), ("GET", "/", &[], false)],
+            );
+        }
+        // exact "" matches an empty value only.
+        check(
+            json!([{"headers": {"x-v": {"exact": ""}}}]),
+            &[
+                ("GET", "/", &[("x-v", "")], true),
+                ("GET", "/", &[("x-v", "a")], false),
+                ("GET", "/", &[], false),
+            ],
+        );
+    }
+
+    #[test]
+    fn header_names_are_lowercased_and_values_joined() {
+        check(
+            json!([{"headers": {"X-User": {"exact": "a"}}}]),
+            &[("GET", "/", &[("x-user", "a")], true)],
+        );
+        check(
+            json!([{"headers": {"x-user": {"exact": "a,b"}}}]),
+            &[
+                ("GET", "/", &[("x-user", "a"), ("x-user", "b")], true),
+                ("GET", "/", &[("x-user", "a")], false),
+            ],
+        );
+    }
+
+    #[test]
+    fn without_headers() {
+        check(
+            json!([{"withoutHeaders": {"x": {"exact": "foo"}}}]),
+            &[
+                ("GET", "/", &[], true),
+                ("GET", "/", &[("x", "bar")], true),
+                ("GET", "/", &[("x", "foo")], false),
+            ],
+        );
+        // Missing is "" and ".*" matches "" → inverted: never matches.
+        check(
+            json!([{"withoutHeaders": {"x": {"regex": ".*"}}}]),
+            &[("GET", "/", &[], false), ("GET", "/", &[("x", "a")], false)],
+        );
+        for present in [json!({}), json!({"regex": "*"})] {
+            check(
+                json!([{"withoutHeaders": {"x": present}}]),
+                &[("GET", "/", &[], true), ("GET", "/", &[("x", "")], false)],
+            );
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        check(
+            json!([{"queryParams": {"v": {"exact": "1"}}}]),
+            &[
+                ("GET", "/?v=1", &[], true),
+                ("GET", "/p?a=2&v=1", &[], true),
+                ("GET", "/p?v=2&v=1", &[], false), // first value only
+                ("GET", "/p?v=1%20", &[], false),
+                ("GET", "/p", &[], false),
+            ],
+        );
+        check(
+            json!([{"queryParams": {"v": {"exact": ""}}}]),
+            &[
+                ("GET", "/?v", &[], true),
+                ("GET", "/?v=", &[], true),
+                ("GET", "/?w", &[], false),
+            ],
+        );
+        check(
+            json!([{"queryParams": {"v": {"regex": "[0-9]+"}}}]),
+            &[("GET", "/?v=12", &[], true), ("GET", "/?v=1a", &[], false)],
+        );
+        check(
+            json!([{"queryParams": {"v": {}}}]),
+            &[("GET", "/?v", &[], true), ("GET", "/?x=v", &[], false)],
+        );
+        // Raw, not decoded.
+        check(
+            json!([{"queryParams": {"v": {"exact": "a%20b"}}}]),
+            &[
+                ("GET", "/?v=a%20b", &[], true),
+                ("GET", "/?v=a b", &[], false),
+            ],
+        );
+        check(
+            json!([{"queryParams": {"v": {"prefix": "ab"}}}]),
+            &[("GET", "/?v=abc", &[], true), ("GET", "/?v=a", &[], false)],
+        );
+    }
+
+    #[test]
+    fn and_within_or_across() {
+        let m = json!([
+            {"uri": {"prefix": "/a"}, "method": {"exact": "GET"}},
+            {"headers": {"x-canary": {"exact": "1"}}}
+        ]);
+        check(
+            m,
+            &[
+                ("GET", "/a", &[], true),
+                ("POST", "/a", &[], false),
+                ("POST", "/b", &[("x-canary", "1")], true),
+                ("GET", "/b", &[], false),
+            ],
+        );
+        // No match entries, or an empty entry: everything matches.
+        check(json!([]), &[("GET", "/x", &[], true)]);
+        check(json!([{}]), &[("DELETE", "/x", &[], true)]);
+        let list = compile(json!([{"uri": {"prefix": "/b"}}, {"uri": {"prefix": "/"}}])).unwrap();
+        let h = hdrs("GET", "/b", &[]);
+        assert_eq!(list.first_match(&RequestView::new(&h)), Some(0));
+        let h = hdrs("GET", "/c", &[]);
+        assert_eq!(list.first_match(&RequestView::new(&h)), Some(1));
+    }
+
+    #[test]
+    fn non_utf8_header_values_do_not_trap() {
+        let mut h = hdrs("GET", "/", &[]);
+        h.push(("x".to_string(), vec![0xff, b'a']));
+        let list = compile(json!([{"headers": {"x": {"regex": ".a"}}}])).unwrap();
+        assert!(list.matches(&RequestView::new(&h)));
+        let list = compile(json!([{"headers": {"x": {"exact": "a"}}}])).unwrap();
+        assert!(!list.matches(&RequestView::new(&h)));
+    }
+
+    fn err(v: serde_json::Value) -> String {
+        compile(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(
+            err(json!([{}, {"uri": {"exact": "/a", "prefix": "/b"}}])),
+            "match[1].uri: only one of exact, prefix, regex may be set"
+        );
+        assert!(err(json!([{"headers": {"x": {"regex": "a("}}}]))
+            .starts_with("match[0].headers[x].regex: invalid regex"));
+        assert_eq!(
+            err(json!([{"headers": {"x": {"prefix": ""}}}])),
+            "match[0].headers[x].prefix: prefix string match should not be empty"
+        );
+        assert_eq!(
+            err(json!([{"queryParams": {"q": {"regex": ""}}}])),
+            "match[0].queryParams[q].regex: regex string match should not be empty"
+        );
+        assert!(err(json!([{"uri": {"regex": "\\p{Greek}"}}]))
+            .starts_with("match[0].uri.regex: invalid regex"));
+        assert!(err(json!([{"uri": {"regex": "a".repeat(1025)}}])).contains("too large"));
+        assert_eq!(
+            err(json!([{"headers": {"bad header": {}}}])),
+            "match[0].headers[bad header]: header name bad header is not a valid header name"
+        );
+        assert!(
+            err(json!([{"headers": {"@request.auth.claims.group": {"exact": "a"}}}]))
+                .starts_with("match[0].headers[@request.auth.claims.group]: JWT claim")
+        );
+        assert!(err(json!([{"sourceLabels": {"app": "x"}}]))
+            .starts_with("match[0].sourceLabels: sourceLabels is a config-time selector"));
+        assert!(err(json!([{"gateways": ["gw"]}])).starts_with("match[0].gateways:"));
+        assert!(err(json!([{"sourceNamespace": "ns"}])).starts_with("match[0].sourceNamespace:"));
+        assert!(err(json!([{"port": 80}])).starts_with("match[0].port:"));
+        // Empty selectors are no-ops and accepted, as are name/statPrefix.
+        compile(json!([{"sourceLabels": {}, "gateways": [], "port": 0, "sourceNamespace": "", "name": "n", "statPrefix": "s"}])).unwrap();
+        // Unknown fields: structural errors from from_json, with the path.
+        assert_eq!(
+            err(json!([{"uri": {"exact": "/"}, "ignoreUriCas": true}]))
+                .split(':')
+                .next()
+                .unwrap(),
+            "[0].ignoreUriCas"
+        );
+        assert!(err(json!([{"uri": {"suffix": "/"}}])).contains("unknown field `suffix`"));
+        // The pseudo-headers are valid header names.
+        compile(json!([{"headers": {":path": {"prefix": "/"}}}])).unwrap();
+    }
+}
