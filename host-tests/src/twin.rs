@@ -49,7 +49,11 @@ pub fn outcome(resp: &Response) -> Outcome {
     let upstream = resp.header("x-upstream").map(String::from);
     Outcome {
         status: resp.status,
-        body: if upstream.is_none() { Some(resp.text()) } else { None },
+        body: if upstream.is_none() {
+            Some(resp.text())
+        } else {
+            None
+        },
         upstream,
     }
 }

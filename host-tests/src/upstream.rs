@@ -176,7 +176,12 @@ fn serve(server: &tiny_http::Server, seen: &Mutex<Vec<Seen>>, handler: &Handler)
             headers: req
                 .headers()
                 .iter()
-                .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+                .map(|h| {
+                    (
+                        h.field.as_str().as_str().to_ascii_lowercase(),
+                        h.value.as_str().to_string(),
+                    )
+                })
                 .collect(),
             body,
         };
