@@ -1,5 +1,17 @@
-//! meshwasm canary filter (pass-through until its issue fills it in).
+//! meshwasm canary filter: VirtualService header matching and weighted subsets,
+//! decided here and routed by stock Envoy through a header (see
+//! `meshwasm_core::canary`). Thin glue: request headers → core decision → header
+//! changes (which, for an SDK 0.2.x module, make Envoy pick the route again).
 
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+
+use meshwasm_core::canary::{Canary, Decision, HeaderParser};
+use meshwasm_core::host::{RandomSource, SplitMix64};
+use meshwasm_core::http_match::RequestView;
+use meshwasm_glue as glue;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -9,16 +21,61 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// Counters, defined once per VM in `on_configure`.
+#[derive(Default, Clone)]
+struct Metrics {
+    requests: glue::Counter,
+    no_match: glue::Counter,
+    other_host: glue::Counter,
+    sticky: glue::Counter,
+    /// One per distinct destination label (`Canary::labels`).
+    subset: Vec<glue::Counter>,
+}
+
+struct Shared {
+    canary: Canary,
+    metrics: Metrics,
+    rng: RefCell<SplitMix64>,
+}
+
 #[derive(Default)]
 struct Root {
-    requests: meshwasm_glue::Counter,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Root {}
 
+/// A per-VM seed: WASI `random_get` (through std's hasher keys) mixed with the time.
+fn seed() -> u64 {
+    RandomState::new().hash_one(glue::now_nanos())
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.requests = meshwasm_glue::Counter::define(FILTER, "requests");
+        let bytes = glue::plugin_config().unwrap_or_default();
+        let canary = match Canary::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                glue::log_error(&format!("{FILTER}: {e}"));
+                return false;
+            }
+        };
+        let metrics = Metrics {
+            requests: glue::Counter::define(FILTER, "requests"),
+            no_match: glue::Counter::define(FILTER, "no_match"),
+            other_host: glue::Counter::define(FILTER, "other_host"),
+            sticky: glue::Counter::define(FILTER, "sticky"),
+            subset: canary
+                .labels
+                .iter()
+                .map(|l| glue::Counter::define(FILTER, &format!("subset.{l}")))
+                .collect(),
+        };
+        self.shared = Some(Rc::new(Shared {
+            canary,
+            metrics,
+            rng: RefCell::new(SplitMix64::new(seed())),
+        }));
         true
     }
 
@@ -27,19 +84,125 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { requests: self.requests }))
+        Some(Box::new(Http {
+            shared: self.shared.clone(),
+            response: Vec::new(),
+            served_by: None,
+        }))
     }
 }
 
 struct Http {
-    requests: meshwasm_glue::Counter,
+    shared: Option<Rc<Shared>>,
+    /// Response header operations of the chosen destination, in order.
+    response: Vec<HeaderParser>,
+    /// The `responseHeader` value, when configured.
+    served_by: Option<String>,
 }
 
 impl Context for Http {}
 
+fn apply_request(p: &HeaderParser) {
+    for name in &p.remove {
+        glue::remove_request_header(name);
+    }
+    for (name, value) in &p.set {
+        glue::set_request_header(name, Some(value.as_bytes()));
+    }
+    for (name, value) in &p.add {
+        glue::add_request_header(name, value.as_bytes());
+    }
+}
+
+fn apply_response(p: &HeaderParser) {
+    for name in &p.remove {
+        glue::remove_response_header(name);
+    }
+    for (name, value) in &p.set {
+        glue::set_response_header(name, Some(value.as_bytes()));
+    }
+    for (name, value) in &p.add {
+        glue::add_response_header(name, value.as_bytes());
+    }
+}
+
+struct RngRef<'a>(&'a RefCell<SplitMix64>);
+
+impl RandomSource for RngRef<'_> {
+    fn next_u64(&mut self) -> u64 {
+        self.0.borrow_mut().next_u64()
+    }
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.requests.inc();
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let canary = &shared.canary;
+        let m = &shared.metrics;
+        m.requests.inc();
+
+        // A client never chooses its own subset or cluster.
+        for name in canary.routing_request_headers() {
+            if glue::request_header(name).is_some() {
+                glue::remove_request_header(name);
+            }
+        }
+
+        let headers = glue::request_headers();
+        let view = RequestView::new(&headers);
+        let listener_port =
+            glue::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok());
+        let mut rng = RngRef(&shared.rng);
+        let routed = match canary.decide(&view, listener_port, &mut rng) {
+            Decision::OtherHost => {
+                m.other_host.inc();
+                return Action::Continue;
+            }
+            Decision::NoMatch => {
+                m.no_match.inc();
+                return Action::Continue;
+            }
+            Decision::Routed(r) => r,
+        };
+        if routed.sticky {
+            m.sticky.inc();
+        }
+        if let Some(c) = m.subset.get(routed.label_index) {
+            c.inc();
+        }
+
+        for p in &routed.request {
+            apply_request(p);
+        }
+        if let Some(authority) = routed.authority {
+            glue::set_request_header(":authority", Some(authority.as_bytes()));
+        }
+        // Each request-header change clears Envoy's route cache (ABI 0.2.1), so the
+        // router picks the route again with these headers.
+        if let Some(h) = &canary.routing.subset_header {
+            glue::set_request_header(h, Some(routed.label.as_bytes()));
+        }
+        if let Some(h) = &canary.routing.cluster_header {
+            glue::set_request_header(h, Some(routed.cluster.as_bytes()));
+        }
+        self.response = routed.response;
+        if canary.routing.response_header.is_some() {
+            self.served_by = Some(routed.label.to_string());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for p in &self.response {
+            apply_response(p);
+        }
+        if let (Some(shared), Some(value)) = (&self.shared, &self.served_by) {
+            if let Some(h) = &shared.canary.routing.response_header {
+                glue::set_response_header(h, Some(value.as_bytes()));
+            }
+        }
         Action::Continue
     }
 }
