@@ -489,6 +489,15 @@ impl<'a> RequestView<'a> {
         found
     }
 
+    /// The first value of a header (for headers Envoy reads as "implicitly
+    /// untrusted": only the first value counts). `name` must be lower-case.
+    pub fn header_first(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
     /// The first value of a query parameter, raw (not percent-decoded), as
     /// Envoy's `QueryParamsMulti::parseQueryString` + `getFirstValue`.
     pub fn query_param(&self, name: &str) -> Option<&'a [u8]> {
