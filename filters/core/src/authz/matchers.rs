@@ -1,0 +1,278 @@
+//! The leaf matchers of Envoy RBAC as istiod generates them, compiled once:
+//! string matchers (exact/prefix/suffix/RE2 full match), CIDR ranges and
+//! `uriTemplate` path templates.
+
+use std::net::IpAddr;
+
+use regex_lite::Regex;
+
+/// Envoy `StringMatcher` (the forms istiod emits). `ignore_case` lowers both
+/// sides (ASCII only, like absl::EqualsIgnoreCase).
+#[derive(Debug, Clone)]
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    /// `safeRegex` with RE2 full-match semantics (anchored at compile time).
+    Regex(Regex),
+    /// `safeRegex: .+` — any non-empty value without a newline; kept apart
+    /// from `Regex` because it is by far the most common.
+    NonEmpty,
+}
+
+impl StrMatch {
+    pub fn regex(pattern: &str) -> Result<StrMatch, String> {
+        if pattern == ".+" {
+            return Ok(StrMatch::NonEmpty);
+        }
+        // RE2 FullMatch: the whole value must match.
+        Regex::new(&format!("^(?:{pattern})$"))
+            .map(StrMatch::Regex)
+            .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+    }
+
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            StrMatch::Exact(s) => v == s,
+            StrMatch::Prefix(s) => v.starts_with(s.as_str()),
+            StrMatch::Suffix(s) => v.ends_with(s.as_str()),
+            StrMatch::Regex(r) => r.is_match(v),
+            // RE2 `.` does not match `\n`.
+            StrMatch::NonEmpty => !v.is_empty() && !v.contains('\n'),
+        }
+    }
+
+    /// Case-insensitive form: the pattern was lower-cased at compile time.
+    pub fn matches_ignore_case(&self, v: &str) -> bool {
+        if v.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.matches(&v.to_ascii_lowercase())
+        } else {
+            self.matches(v)
+        }
+    }
+
+    pub fn lowercased(self) -> StrMatch {
+        match self {
+            StrMatch::Exact(s) => StrMatch::Exact(s.to_ascii_lowercase()),
+            StrMatch::Prefix(s) => StrMatch::Prefix(s.to_ascii_lowercase()),
+            StrMatch::Suffix(s) => StrMatch::Suffix(s.to_ascii_lowercase()),
+            other => other,
+        }
+    }
+}
+
+/// Istio's generic string rule (matcher/string.go `StringMatcherWithPrefix`):
+/// `*` → `.+` (or present for headers, handled by the caller), `*x` → suffix,
+/// `x*` → prefix, anything else exact (a `*` in the middle is literal).
+pub fn istio_string(v: &str, prefix: &str) -> StrMatch {
+    if v == "*" {
+        StrMatch::NonEmpty
+    } else if let Some(s) = v.strip_prefix('*') {
+        StrMatch::Suffix(s.to_string())
+    } else if let Some(p) = v.strip_suffix('*') {
+        StrMatch::Prefix(format!("{prefix}{p}"))
+    } else {
+        StrMatch::Exact(format!("{prefix}{v}"))
+    }
+}
+
+/// RE2 `QuoteMeta` equivalent for the ASCII patterns we build.
+pub fn quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push('\\');
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An IP range (Envoy `CidrRange`): a bare IP is /32 or /128; host bits are
+/// masked off as Envoy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => {
+                let len: u8 = len
+                    .parse()
+                    .map_err(|_| format!("invalid CIDR {s:?}: bad prefix length"))?;
+                (ip, Some(len))
+            }
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("invalid IP address or CIDR {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(format!("invalid CIDR {s:?}: prefix length above {max}"));
+        }
+        Ok(Cidr { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len)
+                };
+                (u32::from(a) & mask) == (u32::from(b) & mask)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len)
+                };
+                (u128::from(a) & mask) == (u128::from(b) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Characters a `*`/`**` template glob may match (Envoy uri_template_internal.cc
+/// `kLiteral`: RFC 3986 pchar without `*`, with `=`).
+const TEMPLATE_LITERAL: &str = r"a-zA-Z0-9\-._~%!$&'()+,;:@=";
+
+/// Envoy `uriTemplate` path matcher: the template converted to the same RE2
+/// pattern Envoy builds, full match against the path without query.
+pub fn uri_template(template: &str) -> Result<StrMatch, String> {
+    let body = template
+        .strip_prefix('/')
+        .ok_or_else(|| format!("path template {template:?} must start with '/'"))?;
+    let mut out = String::from("/");
+    let segments: Vec<&str> = body.split('/').collect();
+    let mut seen_text_glob = false;
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match *seg {
+            "**" => {
+                if seen_text_glob {
+                    return Err(format!("path template {template:?}: glob after `{{**}}`"));
+                }
+                seen_text_glob = true;
+                out.push_str(&format!("[{TEMPLATE_LITERAL}/]*"));
+            }
+            "*" => {
+                if seen_text_glob {
+                    return Err(format!("path template {template:?}: glob after `{{**}}`"));
+                }
+                out.push_str(&format!("[{TEMPLATE_LITERAL}]+"));
+            }
+            lit => {
+                let valid = lit
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b));
+                // An empty segment is allowed only as the trailing '/'.
+                if (!valid || lit.is_empty()) && !(lit.is_empty() && i == segments.len() - 1) {
+                    return Err(format!(
+                        "path template {template:?}: invalid literal {lit:?}"
+                    ));
+                }
+                out.push_str(&quote_meta(lit));
+            }
+        }
+    }
+    Regex::new(&format!("^(?:{out})$"))
+        .map(StrMatch::Regex)
+        .map_err(|e| format!("path template {template:?}: {e}"))
+}
+
+/// Parses `ip:port` / `[v6]:port` as Envoy prints addresses (`source.address`).
+pub fn parse_socket_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, _) = rest.split_once(']')?;
+        return ip.parse().ok();
+    }
+    let (ip, _) = s.rsplit_once(':')?;
+    ip.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let c = Cidr::parse("10.1.2.3").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.1.2.4".parse().unwrap()));
+        // Host bits set: masked, as Envoy does.
+        assert!(Cidr::parse("10.1.2.3/8")
+            .unwrap()
+            .contains("10.9.9.9".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("10.0.0/8").is_err());
+        assert!(Cidr::parse("bad").is_err());
+    }
+
+    #[test]
+    fn templates() {
+        let t = uri_template("/path/template/*").unwrap();
+        assert!(t.matches("/path/template/a"));
+        assert!(!t.matches("/path/template/"));
+        assert!(!t.matches("/path/template/a/b"));
+        let t = uri_template("/**/path/template").unwrap();
+        assert!(t.matches("/a/b/path/template"));
+        assert!(t.matches("//path/template"));
+        assert!(!t.matches("/path/template"));
+        let t = uri_template("/foo/**").unwrap();
+        assert!(t.matches("/foo/"));
+        assert!(t.matches("/foo/a/b.txt"));
+        assert!(!t.matches("/foo"));
+        let t = uri_template("/foo/**/").unwrap();
+        assert!(t.matches("/foo/bar/"));
+        assert!(!t.matches("/foo/bar"));
+        // `*` never matches characters outside pchar.
+        assert!(!uri_template("/a/*").unwrap().matches("/a/x*y"));
+        assert!(uri_template("/a/**/*").is_err());
+    }
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(
+            parse_socket_ip("127.0.0.1:80"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(parse_socket_ip("[::1]:80"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_socket_ip("::1"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_socket_ip("x"), None);
+    }
+
+    #[test]
+    fn regex_full_match() {
+        let r = StrMatch::regex(".*/ns/foo/.*").unwrap();
+        assert!(r.matches("spiffe://td/ns/foo/sa/x"));
+        assert!(!r.matches("spiffe://td/ns/foo"));
+        assert!(StrMatch::NonEmpty.matches("a"));
+        assert!(!StrMatch::NonEmpty.matches(""));
+    }
+}

@@ -1,0 +1,350 @@
+//! Istio AuthorizationPolicy, decided exactly as the Envoy RBAC filters istiod
+//! generates for it would decide.
+//!
+//! Policies are validated like Istio's admission validation, then compiled
+//! once into the RBAC shape istiod emits (one policy per rule; a rule matches
+//! iff any permission and any principal match; every field an AND of
+//! OR-lists, `not*` negated). Evaluation walks that compiled form against a
+//! lazily-filled request view, in istiod's filter order: CUSTOM, AUDIT, DENY,
+//! ALLOW, each with its dry-run (shadow) rules.
+
+mod compile;
+pub mod config;
+pub mod matchers;
+pub mod metadata;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::config::{from_json, ConfigError};
+pub use compile::ExtAuthzSettings;
+pub use config::{Action, AuthzConfig};
+use matchers::{Cidr, StrMatch};
+
+/// Everything a policy may look at, fetched lazily by the host glue (each
+/// accessor may cost a hostcall, so only what compiled policies need is asked).
+pub trait RequestAttrs {
+    /// A request header (lower-case name, pseudo-headers included), all values
+    /// joined with `,` as Envoy's header matcher sees them. `Some("")` for a
+    /// header present with an empty value.
+    fn header(&mut self, name: &str) -> Option<&str>;
+    /// The direct peer (Envoy `direct_remote_ip`).
+    fn direct_ip(&mut self) -> Option<IpAddr>;
+    /// The trusted client address (Envoy `remote_ip`, XFF/PROXY-adjusted).
+    fn remote_ip(&mut self) -> Option<IpAddr>;
+    fn destination_ip(&mut self) -> Option<IpAddr>;
+    fn destination_port(&mut self) -> Option<u16>;
+    /// TLS SNI; empty when none.
+    fn requested_server_name(&mut self) -> &str;
+    /// The peer certificate's names in the order Envoy's `authenticated`
+    /// matcher tries them (URI SANs, DNS SANs, subject). None without a peer
+    /// certificate (plaintext): then no `authenticated` matcher matches.
+    fn peer_names(&mut self) -> Option<&[String]>;
+    /// The verified JWT payload (jwt_authn `payload_in_metadata`).
+    fn jwt_payload(&mut self) -> Option<&Value>;
+    /// Dynamic metadata of one filter namespace, as JSON.
+    fn filter_metadata(&mut self, filter: &str) -> Option<&Value>;
+}
+
+/// Which request attributes the compiled policies read, so the glue fetches
+/// nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub headers: bool,
+    pub direct_ip: bool,
+    pub remote_ip: bool,
+    pub destination_ip: bool,
+    pub destination_port: bool,
+    pub sni: bool,
+    pub peer: bool,
+    pub jwt: bool,
+    pub metadata: bool,
+}
+
+/// A leaf matcher of Envoy RBAC.
+#[derive(Debug, Clone)]
+pub(crate) enum Leaf {
+    Any,
+    /// Header matcher: `None` = `present_match`.
+    Header {
+        name: String,
+        m: Option<StrMatch>,
+        ignore_case: bool,
+    },
+    /// `urlPath` / `uriTemplate`: matched against `:path` without query/fragment.
+    Path(StrMatch),
+    DestPort(u16),
+    DirectIp(Cidr),
+    RemoteIp(Cidr),
+    DestIp(Cidr),
+    Sni(StrMatch),
+    Authenticated(StrMatch),
+    /// `payload.iss` AND `payload.sub` string matchers.
+    RequestPrincipal {
+        iss: StrMatch,
+        sub: StrMatch,
+    },
+    /// Claim at `payload.<path>`: string matching any, or list with any
+    /// string element matching any (istiod's `orMatch[listMatch oneOf, ...]`).
+    Claim {
+        path: Vec<String>,
+        any_of: Vec<StrMatch>,
+    },
+    /// `experimental.envoy.filters.*`: metadata `filter`/`key`; each value a
+    /// string matcher or (`[v]`) a list-oneOf matcher.
+    Metadata {
+        filter: String,
+        key: String,
+        any_of: Vec<(bool, StrMatch)>,
+    },
+}
+
+/// One AND-ed term: OR of leaves, optionally negated (`notId`/`notRule`).
+#[derive(Debug, Clone)]
+pub(crate) struct Cond {
+    pub negate: bool,
+    pub any_of: Vec<Leaf>,
+}
+
+/// One RBAC policy (= one Istio rule).
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub id: String,
+    /// OR of AND-lists.
+    pub permissions: Vec<Vec<Cond>>,
+    pub principals: Vec<Vec<Cond>>,
+}
+
+/// The policies of one RBAC filter section (`rules` or `shadowRules`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Engine {
+    pub policies: Vec<Policy>,
+}
+
+impl Engine {
+    /// The first matching policy's id (Envoy reports the first match too).
+    fn first_match(&self, req: &mut dyn RequestAttrs) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|p| p.matches(req))
+            .map(|p| p.id.as_str())
+    }
+}
+
+impl Policy {
+    fn matches(&self, req: &mut dyn RequestAttrs) -> bool {
+        self.permissions.iter().any(|and| all(and, req))
+            && self.principals.iter().any(|and| all(and, req))
+    }
+}
+
+fn all(conds: &[Cond], req: &mut dyn RequestAttrs) -> bool {
+    conds
+        .iter()
+        .all(|c| c.any_of.iter().any(|l| l.matches(req)) != c.negate)
+}
+
+impl Leaf {
+    fn matches(&self, req: &mut dyn RequestAttrs) -> bool {
+        match self {
+            Leaf::Any => true,
+            Leaf::Header {
+                name,
+                m,
+                ignore_case,
+            } => match (req.header(name), m) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(v), Some(m)) if *ignore_case => m.matches_ignore_case(v),
+                (Some(v), Some(m)) => m.matches(v),
+            },
+            Leaf::Path(m) => match req.header(":path") {
+                Some(p) => m.matches(strip_query(p)),
+                None => false,
+            },
+            Leaf::DestPort(p) => req.destination_port() == Some(*p),
+            Leaf::DirectIp(c) => req.direct_ip().is_some_and(|ip| c.contains(ip)),
+            Leaf::RemoteIp(c) => req.remote_ip().is_some_and(|ip| c.contains(ip)),
+            Leaf::DestIp(c) => req.destination_ip().is_some_and(|ip| c.contains(ip)),
+            Leaf::Sni(m) => m.matches(req.requested_server_name()),
+            Leaf::Authenticated(m) => req
+                .peer_names()
+                .is_some_and(|names| names.iter().any(|n| m.matches(n))),
+            Leaf::RequestPrincipal { iss, sub } => match req.jwt_payload() {
+                Some(p) => {
+                    let s = |k: &str| p.get(k).and_then(Value::as_str);
+                    s("iss").is_some_and(|v| iss.matches(v))
+                        && s("sub").is_some_and(|v| sub.matches(v))
+                }
+                None => false,
+            },
+            Leaf::Claim { path, any_of } => {
+                let Some(mut v) = req.jwt_payload() else {
+                    return false;
+                };
+                for k in path {
+                    match v.get(k.as_str()) {
+                        Some(next) => v = next,
+                        None => return false,
+                    }
+                }
+                match v {
+                    Value::String(s) => any_of.iter().any(|m| m.matches(s)),
+                    Value::Array(items) => items.iter().any(|i| {
+                        i.as_str()
+                            .is_some_and(|s| any_of.iter().any(|m| m.matches(s)))
+                    }),
+                    _ => false,
+                }
+            }
+            Leaf::Metadata {
+                filter,
+                key,
+                any_of,
+            } => {
+                let Some(v) = req
+                    .filter_metadata(filter)
+                    .and_then(|m| m.get(key.as_str()))
+                else {
+                    return false;
+                };
+                any_of.iter().any(|(list, m)| match (list, v) {
+                    (false, Value::String(s)) => m.matches(s),
+                    (true, Value::Array(items)) => items
+                        .iter()
+                        .any(|i| i.as_str().is_some_and(|s| m.matches(s))),
+                    _ => false,
+                })
+            }
+        }
+    }
+}
+
+/// Envoy `PathUtil::removeQueryAndFragment`.
+pub fn strip_query(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+/// Compiled policies for one plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Authz {
+    /// CUSTOM rules (RBAC shadow rules istiod puts before ext_authz) and the
+    /// provider they call.
+    pub(crate) custom: Option<(Engine, ExtAuthzSettings)>,
+    pub(crate) audit: Engine,
+    pub(crate) deny: Engine,
+    pub(crate) deny_shadow: Option<Engine>,
+    /// None when no enforced ALLOW policy exists (then ALLOW enforces nothing).
+    pub(crate) allow: Option<Engine>,
+    pub(crate) allow_shadow: Option<Engine>,
+    pub needs: Needs,
+    pub jwt_payload_in_metadata: String,
+    pub use_remote_address: bool,
+}
+
+/// The result of one dry-run (shadow) engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    pub denied: bool,
+    /// The matched dry-run policy, if any.
+    pub policy_id: Option<String>,
+}
+
+/// The enforced result of AUDIT, DENY and ALLOW for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The policy that decided: the matching DENY policy, or the matching
+    /// ALLOW policy. None when allowed without ALLOW policies or denied
+    /// because none matched.
+    pub policy_id: Option<String>,
+    /// The matching AUDIT policy (access-log hint), if any.
+    pub audit_policy: Option<String>,
+    /// Dry-run results, in evaluation order (DENY's, then ALLOW's when reached).
+    pub shadows: Vec<Shadow>,
+}
+
+impl Decision {
+    /// The value written to filter state `meshwasm.authz_result`.
+    pub fn result(&self) -> &'static str {
+        if !self.allowed {
+            "denied"
+        } else if self.shadows.iter().any(|s| s.denied) {
+            "shadow_denied"
+        } else if self.audit_policy.is_some() {
+            "audit"
+        } else {
+            "allowed"
+        }
+    }
+}
+
+impl Authz {
+    /// Parses, validates and compiles a plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Authz, ConfigError> {
+        let cfg: AuthzConfig = from_json(bytes)?;
+        compile::compile(&cfg)
+    }
+
+    pub fn from_config(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
+        compile::compile(cfg)
+    }
+
+    /// The ext_authz provider to call when a CUSTOM rule matches, with the
+    /// matching policy id (`istio-ext-authz-<provider>-ns[..]-policy[..]-rule[..]`).
+    pub fn check_custom(&self, req: &mut dyn RequestAttrs) -> Option<(&ExtAuthzSettings, String)> {
+        let (engine, settings) = self.custom.as_ref()?;
+        engine.first_match(req).map(|id| (settings, id.to_string()))
+    }
+
+    pub fn has_custom(&self) -> bool {
+        self.custom.is_some()
+    }
+
+    /// AUDIT, then DENY (shadow, rules), then ALLOW (shadow, rules), as the
+    /// three RBAC filters istiod emits run in that order.
+    pub fn evaluate(&self, req: &mut dyn RequestAttrs) -> Decision {
+        let audit_policy = self.audit.first_match(req).map(str::to_string);
+        let mut shadows = Vec::new();
+        if let Some(shadow) = &self.deny_shadow {
+            let id = shadow.first_match(req).map(str::to_string);
+            shadows.push(Shadow {
+                denied: id.is_some(),
+                policy_id: id,
+            });
+        }
+        if let Some(id) = self.deny.first_match(req) {
+            return Decision {
+                allowed: false,
+                policy_id: Some(id.to_string()),
+                audit_policy,
+                shadows,
+            };
+        }
+        if let Some(shadow) = &self.allow_shadow {
+            let id = shadow.first_match(req).map(str::to_string);
+            shadows.push(Shadow {
+                denied: id.is_none(),
+                policy_id: id,
+            });
+        }
+        let (allowed, policy_id) = match &self.allow {
+            None => (true, None),
+            Some(engine) => match engine.first_match(req) {
+                Some(id) => (true, Some(id.to_string())),
+                None => (false, None),
+            },
+        };
+        Decision {
+            allowed,
+            policy_id,
+            audit_policy,
+            shadows,
+        }
+    }
+}

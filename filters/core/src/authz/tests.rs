@@ -1,0 +1,1251 @@
+//! Table-driven tests from reference/istio-semantics.md §A and the golden
+//! AuthorizationPolicy → RBAC pairs.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+/// A request as the glue would present it.
+#[derive(Debug, Clone, Default)]
+struct Req {
+    headers: BTreeMap<String, String>,
+    direct: Option<IpAddr>,
+    remote: Option<IpAddr>,
+    dest: Option<IpAddr>,
+    port: Option<u16>,
+    sni: String,
+    peer: Option<Vec<String>>,
+    jwt: Option<Value>,
+    meta: BTreeMap<String, Value>,
+}
+
+impl RequestAttrs for Req {
+    fn header(&mut self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    fn direct_ip(&mut self) -> Option<IpAddr> {
+        self.direct
+    }
+    fn remote_ip(&mut self) -> Option<IpAddr> {
+        self.remote
+    }
+    fn destination_ip(&mut self) -> Option<IpAddr> {
+        self.dest
+    }
+    fn destination_port(&mut self) -> Option<u16> {
+        self.port
+    }
+    fn requested_server_name(&mut self) -> &str {
+        &self.sni
+    }
+    fn peer_names(&mut self) -> Option<&[String]> {
+        self.peer.as_deref()
+    }
+    fn jwt_payload(&mut self) -> Option<&Value> {
+        self.jwt.as_ref()
+    }
+    fn filter_metadata(&mut self, filter: &str) -> Option<&Value> {
+        self.meta.get(filter)
+    }
+}
+
+fn get(path: &str) -> Req {
+    req("GET", path)
+}
+
+fn req(method: &str, path: &str) -> Req {
+    let mut r = Req::default();
+    r.headers.insert(":method".into(), method.into());
+    r.headers.insert(":path".into(), path.into());
+    r.headers.insert(":authority".into(), "example.com".into());
+    r.direct = Some("10.0.0.1".parse().unwrap());
+    r.remote = Some("10.0.0.1".parse().unwrap());
+    r.dest = Some("10.0.0.100".parse().unwrap());
+    r.port = Some(8080);
+    r
+}
+
+impl Req {
+    fn h(mut self, k: &str, v: &str) -> Req {
+        self.headers.insert(k.to_ascii_lowercase(), v.into());
+        self
+    }
+    fn peer(mut self, spiffe: &str) -> Req {
+        self.peer = Some(vec![spiffe.to_string()]);
+        self
+    }
+    fn jwt(mut self, v: Value) -> Req {
+        self.jwt = Some(v);
+        self
+    }
+    fn direct(mut self, ip: &str) -> Req {
+        self.direct = Some(ip.parse().unwrap());
+        self
+    }
+    fn remote(mut self, ip: &str) -> Req {
+        self.remote = Some(ip.parse().unwrap());
+        self
+    }
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": "foo"}, "spec": spec})
+}
+
+fn authz(policies: Vec<Value>) -> Authz {
+    authz_td("cluster.local", &[], policies)
+}
+
+fn authz_td(td: &str, aliases: &[&str], policies: Vec<Value>) -> Authz {
+    let cfg = json!({"trustDomain": td, "trustDomainAliases": aliases, "policies": policies});
+    Authz::from_json(cfg.to_string().as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}"))
+}
+
+fn config_error(cfg: Value) -> String {
+    match Authz::from_json(cfg.to_string().as_bytes()) {
+        Ok(_) => panic!("config accepted: {cfg}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn allowed(a: &Authz, mut r: Req) -> bool {
+    a.evaluate(&mut r).allowed
+}
+
+/// One ALLOW policy with one rule; checks every (request, expected) row.
+fn table(rule: Value, rows: Vec<(&str, Req, bool)>) {
+    let a = authz(vec![policy("p", json!({"rules": [rule]}))]);
+    let mut failures = Vec::new();
+    for (name, r, want) in rows {
+        let got = allowed(&a, r);
+        if got != want {
+            failures.push(format!("{name}: want allowed={want}, got {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "rule {rule}:\n{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------- actions (A.1, A.2)
+
+#[test]
+fn no_policies_allow_everything() {
+    let a = authz(vec![]);
+    let d = a.evaluate(&mut get("/"));
+    assert!(d.allowed);
+    assert_eq!(d.result(), "allowed");
+    assert_eq!(d.policy_id, None);
+}
+
+#[test]
+fn golden_allow_nil_rule_denies_all() {
+    // http__allow-nil-rule: no rules → notRule any / notId any.
+    let a = authz(vec![policy(
+        "allow-none",
+        json!({"selector": {"matchLabels": {"app": "httpbin"}}}),
+    )]);
+    assert!(!allowed(&a, get("/")));
+    let a = authz(vec![policy("allow-none", json!({}))]);
+    assert!(!allowed(&a, get("/")));
+    let a = authz(vec![policy("allow-none", json!({"rules": []}))]);
+    assert!(!allowed(&a, get("/")));
+}
+
+#[test]
+fn golden_allow_empty_rule_allows_all() {
+    let a = authz(vec![policy("p", json!({"rules": [{}]}))]);
+    let d = a.evaluate(&mut get("/anything"));
+    assert!(d.allowed);
+    assert_eq!(d.policy_id.as_deref(), Some("ns[foo]-policy[p]-rule[0]"));
+}
+
+#[test]
+fn golden_deny_empty_rule_denies_all() {
+    let a = authz(vec![policy(
+        "deny-all",
+        json!({"action": "DENY", "rules": [{}]}),
+    )]);
+    let d = a.evaluate(&mut get("/"));
+    assert!(!d.allowed);
+    assert_eq!(
+        d.policy_id.as_deref(),
+        Some("ns[foo]-policy[deny-all]-rule[0]")
+    );
+    assert_eq!(d.result(), "denied");
+}
+
+#[test]
+fn golden_deny_and_allow() {
+    let a = authz(vec![
+        policy(
+            "httpbin-deny",
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["deny"]}}]}]}),
+        ),
+        policy(
+            "httpbin-allow",
+            json!({"rules": [{"from": [{"source": {"principals": ["allow"]}}]}]}),
+        ),
+    ]);
+    assert!(!allowed(&a, get("/").peer("spiffe://deny")));
+    assert!(allowed(&a, get("/").peer("spiffe://allow")));
+    assert!(!allowed(&a, get("/").peer("spiffe://other")));
+    assert!(!allowed(&a, get("/")));
+}
+
+#[test]
+fn deny_wins_over_allow_and_allow_is_union() {
+    let a = authz(vec![
+        policy(
+            "a1",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/a"]}}]}]}),
+        ),
+        policy(
+            "a2",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/b"]}}]}]}),
+        ),
+        policy(
+            "d",
+            json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/b"]}}], "when": [{"key": "request.headers[x]", "values": ["1"]}]}]}),
+        ),
+    ]);
+    assert!(allowed(&a, get("/a")));
+    assert!(allowed(&a, get("/b")));
+    assert!(!allowed(&a, get("/b").h("x", "1")));
+    assert!(!allowed(&a, get("/c")));
+    let d = a.evaluate(&mut get("/b"));
+    assert_eq!(d.policy_id.as_deref(), Some("ns[foo]-policy[a2]-rule[0]"));
+}
+
+#[test]
+fn audit_never_enforces() {
+    let a = authz(vec![policy(
+        "log",
+        json!({"action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/a"]}}]}]}),
+    )]);
+    let d = a.evaluate(&mut get("/a"));
+    assert!(d.allowed);
+    assert_eq!(
+        d.audit_policy.as_deref(),
+        Some("ns[foo]-policy[log]-rule[0]")
+    );
+    assert_eq!(d.result(), "audit");
+    let d = a.evaluate(&mut get("/b"));
+    assert!(d.allowed);
+    assert_eq!(d.audit_policy, None);
+    // AUDIT without rules is accepted and never matches.
+    let a = authz(vec![policy("log", json!({"action": "AUDIT"}))]);
+    assert_eq!(a.evaluate(&mut get("/")).audit_policy, None);
+}
+
+// ---------------------------------------------------------------- dry-run (A.13, golden dry-run-mix)
+
+fn dry(name: &str, v: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": "foo", "annotations": {"istio.io/dry-run": v}}, "spec": spec})
+}
+
+#[test]
+fn golden_dry_run_mix() {
+    let a = authz(vec![
+        dry(
+            "httpbin-1",
+            "true",
+            json!({"action": "ALLOW", "rules": [{"to": [{"operation": {"paths": ["/allow"]}}]}]}),
+        ),
+        dry(
+            "httpbin-2",
+            "false",
+            json!({"action": "ALLOW", "rules": [{"to": [{"operation": {"paths": ["/another"]}}]}]}),
+        ),
+    ]);
+    let d = a.evaluate(&mut get("/allow"));
+    assert!(!d.allowed, "only /another is enforced");
+    assert_eq!(
+        d.shadows,
+        vec![Shadow {
+            denied: false,
+            policy_id: Some("ns[foo]-policy[httpbin-1]-rule[0]".into())
+        }]
+    );
+    let d = a.evaluate(&mut get("/another"));
+    assert!(d.allowed);
+    assert_eq!(d.result(), "shadow_denied");
+}
+
+#[test]
+fn all_dry_run_enforces_nothing() {
+    let a = authz(vec![
+        dry(
+            "a",
+            "True",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]}),
+        ),
+        dry("d", "1", json!({"action": "DENY", "rules": [{}]})),
+    ]);
+    let d = a.evaluate(&mut get("/y"));
+    assert!(d.allowed);
+    assert_eq!(d.shadows.len(), 2);
+    assert!(d.shadows[0].denied, "dry-run DENY matched");
+    assert!(d.shadows[1].denied, "dry-run ALLOW did not match");
+    assert_eq!(d.result(), "shadow_denied");
+}
+
+#[test]
+fn dry_run_validation() {
+    let e = config_error(json!({"policies": [dry("a", "yes", json!({"rules": [{}]}))]}));
+    assert!(
+        e.starts_with("policies[0].metadata.annotations[istio.io/dry-run]: "),
+        "{e}"
+    );
+    let e = config_error(
+        json!({"policies": [dry("a", "true", json!({"action": "AUDIT", "rules": [{}]}))]}),
+    );
+    assert!(e.contains("dry-run"), "{e}");
+}
+
+// ---------------------------------------------------------------- validation (A.2, A.8)
+
+#[test]
+fn validation_errors_name_the_field() {
+    let cases = vec![
+        (json!({"action": "DENY"}), "policies[0].spec.rules: DENY action without `rules`"),
+        (json!({"action": "DENY", "rules": []}), "policies[0].spec.rules: DENY action without `rules`"),
+        (json!({"action": "CUSTOM", "provider": {"name": "x"}}), "policies[0].spec.rules: CUSTOM action without `rules`"),
+        (json!({"action": "CUSTOM", "rules": [{}]}), "policies[0].spec.provider: CUSTOM action requires a provider name"),
+        (json!({"provider": {"name": "x"}, "rules": [{}]}), "policies[0].spec.provider: provider must only be used with the CUSTOM action"),
+        (json!({"rules": [null]}), "policies[0].spec.rules[0]: `rule` must not be nil"),
+        (json!({"rules": [{"from": []}]}), "policies[0].spec.rules[0].from: `from` must not be empty"),
+        (json!({"rules": [{"to": []}]}), "policies[0].spec.rules[0].to: `to` must not be empty"),
+        (json!({"rules": [{"from": [{}]}]}), "policies[0].spec.rules[0].from[0].source: `from.source` must not be nil"),
+        (json!({"rules": [{"from": [{"source": {}}]}]}), "policies[0].spec.rules[0].from[0].source: `from.source` must not be empty"),
+        (json!({"rules": [{"to": [{"operation": {}}]}]}), "policies[0].spec.rules[0].to[0].operation: `to.operation` must not be empty"),
+        (json!({"rules": [{"from": [{"source": {"ipBlocks": ["1.2.3.4", "300.1.1.1"]}}]}]}), "policies[0].spec.rules[0].from[0].source.ipBlocks[1]: invalid IP"),
+        (json!({"rules": [{"from": [{"source": {"notRemoteIpBlocks": ["10.0.0.0/40"]}}]}]}), "policies[0].spec.rules[0].from[0].source.notRemoteIpBlocks[0]: invalid CIDR"),
+        (json!({"rules": [{"to": [{"operation": {"paths": ["/a", ""]}}]}]}), "policies[0].spec.rules[0].to[0].operation.paths[1]: empty value not allowed"),
+        (json!({"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}), "policies[0].spec.rules[0].to[0].operation.ports[0]: invalid port"),
+        (json!({"rules": [{"to": [{"operation": {"notPorts": ["70000"]}}]}]}), "policies[0].spec.rules[0].to[0].operation.notPorts[0]: invalid port"),
+        (json!({"rules": [{"to": [{"operation": {"paths": ["/{**}/a/{**}"]}}]}]}), "policies[0].spec.rules[0].to[0].operation.paths[0]: path template"),
+        (json!({"rules": [{"when": [{"key": "request.foo", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: unknown attribute: request.foo"),
+        (json!({"rules": [{"when": [{"key": "destination.namespace", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: attribute destination.namespace"),
+        (json!({"rules": [{"when": [{"key": "destination.labels[app]", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: attribute destination.labels"),
+        (json!({"rules": [{"when": [{"key": "request.headers", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: invalid key"),
+        (json!({"rules": [{"when": [{"key": "request.headers[]", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: invalid key"),
+        (json!({"rules": [{"when": [{"key": "request.auth.claims", "values": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].key: invalid key"),
+        (json!({"rules": [{"when": [{"key": "source.ip"}]}]}), "policies[0].spec.rules[0].when[0]: at least one of `values` or `notValues`"),
+        (json!({"rules": [{"when": [{"key": "source.ip", "values": ["bad"]}]}]}), "policies[0].spec.rules[0].when[0].values[0]: invalid IP"),
+        (json!({"rules": [{"when": [{"key": "destination.port", "notValues": ["x"]}]}]}), "policies[0].spec.rules[0].when[0].notValues[0]: invalid port"),
+        (json!({"rules": [{"from": [{"source": {"serviceAccounts": ["a/b/c"]}}]}]}), "policies[0].spec.rules[0].from[0].source.serviceAccounts[0]: service account must be"),
+        (json!({"rules": [{"from": [{"source": {"serviceAccounts": ["sa-*"]}}]}]}), "policies[0].spec.rules[0].from[0].source.serviceAccounts[0]: wildcard"),
+        (json!({"rules": [{"from": [{"source": {"serviceAccounts": ["a"], "namespaces": ["b"]}}]}]}), "policies[0].spec.rules[0].from[0].source.serviceAccounts: cannot set serviceAccounts"),
+        (json!({"rules": [{"from": [{"source": {"trustDomains": ["a*b"]}}]}]}), "policies[0].spec.rules[0].from[0].source.trustDomains[0]: trust domain allows"),
+        (json!({"rules": [{"from": [{"source": {"notTrustDomains": ["a/b"]}}]}]}), "policies[0].spec.rules[0].from[0].source.notTrustDomains[0]: trust domain must not contain"),
+        (json!({"rules": [{"from": [{"source": {"principal": ["a"]}}]}]}), "policies[0].spec.rules[0].from[0].source.principal: unknown field `principal`"),
+        (json!({"action": "LOG", "rules": [{}]}), "policies[0].spec.action: unknown variant `LOG`"),
+        (json!({"selector": {}, "targetRefs": [], "rules": [{}]}), "policies[0].spec: only one of selector"),
+    ];
+    let mut failures = Vec::new();
+    for (spec, want) in cases {
+        let cfg = json!({"policies": [policy("p", spec.clone())]});
+        match Authz::from_json(cfg.to_string().as_bytes()) {
+            Ok(_) => failures.push(format!("accepted: {spec}")),
+            Err(e) if !e.to_string().starts_with(want) => {
+                failures.push(format!("{spec}:\n  want {want}\n  got  {e}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn kubectl_output_is_accepted() {
+    let p = json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "namespace": "foo", "uid": "123", "resourceVersion": "9", "generation": 1,
+                     "creationTimestamp": "2024-01-01T00:00:00Z", "labels": {"a": "b"},
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "rules": [{}]},
+        "status": {"conditions": []}
+    });
+    assert!(allowed(&authz(vec![p]), get("/")));
+    // namespace defaults to "default"
+    let a = authz(vec![
+        json!({"metadata": {"name": "n"}, "spec": {"rules": [{}]}}),
+    ]);
+    assert_eq!(
+        a.evaluate(&mut get("/")).policy_id.as_deref(),
+        Some("ns[default]-policy[n]-rule[0]")
+    );
+}
+
+#[test]
+fn top_level_unknown_field_rejected() {
+    let e = config_error(json!({"trustDomian": "x"}));
+    assert!(e.starts_with("trustDomian: unknown field"), "{e}");
+}
+
+// ---------------------------------------------------------------- operations (A.5, A.7)
+
+#[test]
+fn golden_allow_path() {
+    // http__allow-path: paths and notPaths with every matcher form.
+    table(
+        json!({"to": [{"operation": {
+            "paths": ["/exact", "/prefix/*", "*/suffix", "*", "/path/template/{*}", "/{**}/path/template"],
+            "notPaths": ["/not-exact", "/not-prefix/*", "*/not-suffix", "*", "/not-path/template/{*}", "/{**}/not-path/template"]}}]}),
+        // notPaths contains "*" (non-empty), so every real path is excluded.
+        vec![("exact", get("/exact"), false), ("any", get("/zzz"), false)],
+    );
+    table(
+        json!({"to": [{"operation": {
+            "paths": ["/exact", "/prefix/*", "*/suffix", "/path/template/{*}", "/{**}/path/template"],
+            "notPaths": ["/not-exact", "/prefix/not/*", "*/not-suffix", "/not-path/template/{*}", "/{**}/not-path/template"]}}]}),
+        vec![
+            ("exact", get("/exact"), true),
+            ("exact with query", get("/exact?a=b"), true),
+            ("exact with fragment", get("/exact#f"), true),
+            ("exact trailing slash", get("/exact/"), false),
+            ("exact case", get("/EXACT"), false),
+            ("prefix", get("/prefix/a/b"), true),
+            ("prefix itself", get("/prefix/"), true),
+            ("prefix without slash", get("/prefix"), false),
+            ("not prefix", get("/prefix/not/x"), false),
+            ("suffix", get("/a/b/suffix"), true),
+            ("not suffix", get("/a/not-suffix"), false),
+            ("template one segment", get("/path/template/x"), true),
+            ("template two segments", get("/path/template/x/y"), false),
+            ("template empty segment", get("/path/template/"), false),
+            ("template query", get("/path/template/x?q=1"), true),
+            ("double-star template", get("/a/b/c/path/template"), true),
+            ("double-star empty", get("//path/template"), true),
+            ("other", get("/other"), false),
+        ],
+    );
+}
+
+#[test]
+fn path_star_needs_non_empty_path() {
+    table(
+        json!({"to": [{"operation": {"paths": ["*"]}}]}),
+        vec![("slash", get("/"), true)],
+    );
+    let mut r = get("/");
+    r.headers.remove(":path");
+    table(
+        json!({"to": [{"operation": {"paths": ["*"]}}]}),
+        vec![("no path", r, false)],
+    );
+    table(
+        json!({"to": [{"operation": {"notPaths": ["/a"]}}]}),
+        vec![("query", get("/a?x"), false), ("b", get("/b"), true)],
+    );
+}
+
+#[test]
+fn hosts_case_insensitive_no_port_stripping() {
+    table(
+        json!({"to": [{"operation": {"hosts": ["example.com", "*.suffix.com", "prefix.*", "Mixed.Case.org"]}}]}),
+        vec![
+            ("exact", get("/").h(":authority", "example.com"), true),
+            ("upper", get("/").h(":authority", "EXAMPLE.com"), true),
+            (
+                "with port",
+                get("/").h(":authority", "example.com:80"),
+                false,
+            ),
+            ("suffix", get("/").h(":authority", "a.SUFFIX.com"), true),
+            ("suffix bare", get("/").h(":authority", "suffix.com"), false),
+            (
+                "prefix",
+                get("/").h(":authority", "prefix.anything:8080"),
+                true,
+            ),
+            (
+                "mixed pattern",
+                get("/").h(":authority", "mixed.case.ORG"),
+                true,
+            ),
+            ("other", get("/").h(":authority", "other.com"), false),
+        ],
+    );
+    table(
+        json!({"to": [{"operation": {"hosts": ["example.com", "example.com:*"]}}]}),
+        vec![(
+            "port via best practice",
+            get("/").h(":authority", "example.com:8080"),
+            true,
+        )],
+    );
+    table(
+        json!({"to": [{"operation": {"notHosts": ["*"]}}]}),
+        vec![("present", get("/"), false)],
+    );
+}
+
+#[test]
+fn methods_case_sensitive() {
+    table(
+        json!({"to": [{"operation": {"methods": ["GET", "P*", "*TE"]}}]}),
+        vec![
+            ("get", req("GET", "/"), true),
+            ("lower", req("get", "/"), false),
+            ("prefix", req("PUT", "/"), true),
+            ("suffix", req("DELETE", "/"), true),
+            ("other", req("HEAD", "/"), false),
+        ],
+    );
+    table(
+        json!({"to": [{"operation": {"notMethods": ["GET"]}}]}),
+        vec![
+            ("get", req("GET", "/"), false),
+            ("post", req("POST", "/"), true),
+        ],
+    );
+}
+
+#[test]
+fn ports() {
+    let mut r80 = get("/");
+    r80.port = Some(80);
+    table(
+        json!({"to": [{"operation": {"ports": ["80", "90"]}}]}),
+        vec![("80", r80.clone(), true), ("8080", get("/"), false)],
+    );
+    table(
+        json!({"to": [{"operation": {"notPorts": ["80"]}}]}),
+        vec![("80", r80.clone(), false), ("8080", get("/"), true)],
+    );
+    table(
+        json!({"when": [{"key": "destination.port", "values": ["8080"]}]}),
+        vec![("80", r80, false), ("8080", get("/"), true)],
+    );
+}
+
+#[test]
+fn operation_fields_are_anded_and_operations_ored() {
+    table(
+        json!({"to": [{"operation": {"methods": ["GET"], "paths": ["/a"]}}, {"operation": {"methods": ["POST"]}}]}),
+        vec![
+            ("get /a", get("/a"), true),
+            ("get /b", get("/b"), false),
+            ("post /b", req("POST", "/b"), true),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- sources (A.6)
+
+#[test]
+fn principals_and_plaintext() {
+    // A.15.1: `*` needs a certificate; notPrincipals matches plaintext.
+    table(
+        json!({"from": [{"source": {"principals": ["*"]}}]}),
+        vec![
+            ("plaintext", get("/"), false),
+            (
+                "mtls",
+                get("/").peer("spiffe://cluster.local/ns/a/sa/b"),
+                true,
+            ),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"notPrincipals": ["cluster.local/ns/a/sa/b"]}}]}),
+        vec![
+            ("plaintext", get("/"), true),
+            (
+                "that peer",
+                get("/").peer("spiffe://cluster.local/ns/a/sa/b"),
+                false,
+            ),
+            (
+                "other peer",
+                get("/").peer("spiffe://cluster.local/ns/a/sa/c"),
+                true,
+            ),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"principals": ["cluster.local/ns/a/*", "*/sa/admin", "td/ns/x/sa/y"]}}]}),
+        vec![
+            (
+                "prefix",
+                get("/").peer("spiffe://cluster.local/ns/a/sa/b"),
+                true,
+            ),
+            (
+                "suffix",
+                get("/").peer("spiffe://other/ns/z/sa/admin"),
+                true,
+            ),
+            ("exact", get("/").peer("spiffe://td/ns/x/sa/y"), true),
+            (
+                "exact needs spiffe scheme",
+                get("/").peer("td/ns/x/sa/y"),
+                false,
+            ),
+            ("other", get("/").peer("spiffe://td/ns/x/sa/z"), false),
+        ],
+    );
+    // Envoy tries every peer name (URI SANs, DNS SANs, subject).
+    let mut r = get("/");
+    r.peer = Some(vec![
+        "spiffe://x/ns/a/sa/b".into(),
+        "dns.example".into(),
+        "CN=x".into(),
+    ]);
+    table(
+        json!({"from": [{"source": {"principals": ["x/ns/a/sa/b"]}}]}),
+        vec![("uri san", r, true)],
+    );
+}
+
+#[test]
+fn namespaces_regex() {
+    table(
+        json!({"from": [{"source": {"namespaces": ["ns-*", "exact"]}}]}),
+        vec![
+            ("wildcard", get("/").peer("spiffe://td/ns/ns-1/sa/x"), true),
+            // `.*` may cross '/': Istio's regex, kept.
+            (
+                "wildcard crosses slash",
+                get("/").peer("spiffe://td/ns/ns-1/x/sa/y"),
+                true,
+            ),
+            ("exact", get("/").peer("spiffe://td/ns/exact/sa/y"), true),
+            (
+                "not a prefix",
+                get("/").peer("spiffe://td/ns/exactly/sa/y"),
+                false,
+            ),
+            ("plaintext", get("/"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"notNamespaces": ["a.b"]}}]}),
+        vec![
+            (
+                "dot is literal",
+                get("/").peer("spiffe://td/ns/aXb/sa/y"),
+                true,
+            ),
+            ("match", get("/").peer("spiffe://td/ns/a.b/sa/y"), false),
+            ("plaintext", get("/"), true),
+        ],
+    );
+}
+
+#[test]
+fn service_accounts() {
+    table(
+        json!({"from": [{"source": {"serviceAccounts": ["my-ns/my-sa", "sa-only"]}}]}),
+        vec![
+            (
+                "ns/sa",
+                get("/").peer("spiffe://td/ns/my-ns/sa/my-sa"),
+                true,
+            ),
+            (
+                "extra segments",
+                get("/").peer("spiffe://td/ns/my-ns/k/v/sa/my-sa/x/y"),
+                true,
+            ),
+            (
+                "sa prefix is not sa",
+                get("/").peer("spiffe://td/ns/my-ns/sa/my-sa-junk"),
+                false,
+            ),
+            (
+                "policy namespace default",
+                get("/").peer("spiffe://td/ns/foo/sa/sa-only"),
+                true,
+            ),
+            (
+                "other namespace",
+                get("/").peer("spiffe://td/ns/bar/sa/sa-only"),
+                false,
+            ),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "source.serviceAccount", "notValues": ["my-ns/my-sa"]}]}),
+        vec![
+            ("plaintext", get("/"), true),
+            (
+                "that sa",
+                get("/").peer("spiffe://td/ns/my-ns/sa/my-sa"),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn golden_trust_domains() {
+    table(
+        json!({"from": [{"source": {"trustDomains": ["cluster.local", "another.local"]}}, {"source": {"notTrustDomains": ["bad*", "untrusted"]}}]}),
+        vec![
+            (
+                "cluster.local",
+                get("/").peer("spiffe://cluster.local/ns/a/sa/b"),
+                true,
+            ),
+            (
+                "another",
+                get("/").peer("spiffe://another.local/ns/a/sa/b"),
+                true,
+            ),
+            ("plaintext matches notTrustDomains", get("/"), true),
+            ("bad", get("/").peer("spiffe://bad-td/ns/a/sa/b"), false),
+            (
+                "untrusted",
+                get("/").peer("spiffe://untrusted/ns/a/sa/b"),
+                false,
+            ),
+            ("good other", get("/").peer("spiffe://good/ns/a/sa/b"), true),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"trustDomains": ["*.local", "*"]}}]}),
+        vec![
+            ("any td", get("/").peer("spiffe://x/ns/a/sa/b"), true),
+            ("dns", get("/").peer("x.local"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"trustDomains": ["*.local"]}}]}),
+        vec![
+            ("suffix", get("/").peer("spiffe://a.local/ns/a/sa/b"), true),
+            (
+                "suffix not in path",
+                get("/").peer("spiffe://a/x.local/ns"),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn trust_domain_aliases() {
+    // A.15.13: TD td1 alias cluster.local.
+    let a = authz_td(
+        "td1",
+        &["cluster.local"],
+        vec![policy(
+            "p",
+            json!({"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}),
+        )],
+    );
+    assert!(allowed(&a, get("/").peer("spiffe://td1/ns/a/sa/b")));
+    assert!(allowed(
+        &a,
+        get("/").peer("spiffe://cluster.local/ns/a/sa/b")
+    ));
+    assert!(!allowed(&a, get("/").peer("spiffe://td2/ns/a/sa/b")));
+    // "cluster.local" always means the local trust domain, even without an alias.
+    let a = authz_td(
+        "td1",
+        &[],
+        vec![policy(
+            "p",
+            json!({"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}),
+        )],
+    );
+    assert!(allowed(&a, get("/").peer("spiffe://td1/ns/a/sa/b")));
+    assert!(!allowed(
+        &a,
+        get("/").peer("spiffe://cluster.local/ns/a/sa/b")
+    ));
+    // An unrelated TD is kept as written.
+    let a = authz_td(
+        "td1",
+        &[],
+        vec![policy(
+            "p",
+            json!({"rules": [{"from": [{"source": {"principals": ["other/ns/a/sa/b"]}}]}]}),
+        )],
+    );
+    assert!(allowed(&a, get("/").peer("spiffe://other/ns/a/sa/b")));
+    // trustDomains expand to the bundle.
+    let a = authz_td(
+        "td1",
+        &["old"],
+        vec![policy(
+            "p",
+            json!({"rules": [{"from": [{"source": {"trustDomains": ["old"]}}]}]}),
+        )],
+    );
+    assert!(allowed(&a, get("/").peer("spiffe://td1/ns/a/sa/b")));
+    assert!(allowed(&a, get("/").peer("spiffe://old/ns/a/sa/b")));
+    assert!(!allowed(&a, get("/").peer("spiffe://new/ns/a/sa/b")));
+}
+
+#[test]
+fn golden_td_aliases_source_principal() {
+    use super::compile::internal::migrate_principals;
+    let bundle = [
+        "new-td".to_string(),
+        "old-td".into(),
+        "some-trustdomain".into(),
+    ];
+    let v = [
+        "*".to_string(),
+        "*/ns/foo/sa/all-td".into(),
+        "*-td/ns/foo/sa/prefix-td".into(),
+    ];
+    assert_eq!(
+        migrate_principals(&v, &bundle),
+        vec![
+            "*",
+            "*/ns/foo/sa/all-td",
+            "*-td/ns/foo/sa/prefix-td",
+            "some-trustdomain/ns/foo/sa/prefix-td"
+        ]
+    );
+    let a = authz_td(
+        "new-td",
+        &["old-td", "some-trustdomain"],
+        vec![policy(
+            "httpbin",
+            json!({"rules": [{"from": [{"source": {"namespaces": ["istio-system"]}}],
+            "when": [{"key": "source.principal", "values": ["*/ns/foo/sa/all-td", "*-td/ns/foo/sa/prefix-td"]}]}]}),
+        )],
+    );
+    // namespace istio-system AND principal: the golden's AND of the two orIds.
+    assert!(!allowed(&a, get("/").peer("spiffe://x/ns/foo/sa/all-td")));
+    assert!(allowed(
+        &a,
+        get("/").peer("spiffe://x/ns/istio-system/y-td/ns/foo/sa/prefix-td")
+    ));
+    let a = authz_td(
+        "new-td",
+        &["old-td", "some-trustdomain"],
+        vec![policy(
+            "httpbin",
+            json!({"rules": [{"when": [{"key": "source.principal", "values": ["*-td/ns/foo/sa/prefix-td"]}]}]}),
+        )],
+    );
+    assert!(allowed(
+        &a,
+        get("/").peer("spiffe://old-td/ns/foo/sa/prefix-td")
+    ));
+    assert!(allowed(
+        &a,
+        get("/").peer("spiffe://any-td/ns/foo/sa/prefix-td")
+    ));
+    assert!(allowed(
+        &a,
+        get("/").peer("spiffe://some-trustdomain/ns/foo/sa/prefix-td")
+    ));
+    assert!(!allowed(
+        &a,
+        get("/").peer("spiffe://other/ns/foo/sa/prefix-td")
+    ));
+}
+
+#[test]
+fn td_wildcard_principal_migration() {
+    // simple-policy-principal-with-wildcard (td1 + foobar): `*bar/...` keeps the
+    // regex and adds the exact td1 principal.
+    use super::compile::internal::migrate_principals;
+    let bundle = ["td1".to_string(), "foobar".into()];
+    assert_eq!(
+        migrate_principals(
+            &[
+                "*bar/ns/foo/sa/y".to_string(),
+                "*/ns/foo/sa/x".into(),
+                "a/b".into()
+            ],
+            &bundle
+        ),
+        vec![
+            "td1/ns/foo/sa/y",
+            "*bar/ns/foo/sa/y",
+            "*/ns/foo/sa/x",
+            "a/b"
+        ]
+    );
+}
+
+#[test]
+fn ip_blocks_direct_and_remote() {
+    // A.15.14: ipBlocks → direct peer; remoteIpBlocks → XFF-derived client.
+    table(
+        json!({"from": [{"source": {"ipBlocks": ["10.0.0.0/24"]}}]}),
+        vec![
+            (
+                "direct in",
+                get("/").direct("10.0.0.7").remote("1.1.1.1"),
+                true,
+            ),
+            (
+                "direct out",
+                get("/").direct("10.0.1.7").remote("10.0.0.7"),
+                false,
+            ),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"remoteIpBlocks": ["1.1.1.1", "2001:db8::/32"], "notRemoteIpBlocks": ["2001:db8::1"]}}]}),
+        vec![
+            ("remote in", get("/").remote("1.1.1.1"), true),
+            ("remote v6", get("/").remote("2001:db8::2"), true),
+            ("remote v6 excluded", get("/").remote("2001:db8::1"), false),
+            (
+                "direct does not count",
+                get("/").direct("1.1.1.1").remote("3.3.3.3"),
+                false,
+            ),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "source.ip", "notValues": ["10.0.0.1"]}, {"key": "remote.ip", "values": ["10.0.0.0/8"]}]}),
+        vec![
+            ("direct excluded", get("/"), false),
+            ("ok", get("/").direct("10.0.0.2"), true),
+        ],
+    );
+    let mut r = get("/");
+    r.dest = Some("192.168.1.1".parse().unwrap());
+    table(
+        json!({"when": [{"key": "destination.ip", "values": ["192.168.0.0/16"]}]}),
+        vec![("in", r, true), ("out", get("/"), false)],
+    );
+}
+
+// ---------------------------------------------------------------- JWT (A.9, A.10)
+
+#[test]
+fn request_principals_split_at_last_slash() {
+    let tok = |iss: &str, sub: &str| get("/").jwt(json!({"iss": iss, "sub": sub}));
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["*"]}}]}),
+        vec![
+            ("any", tok("i", "s"), true),
+            ("no token", get("/"), false),
+            ("no sub", get("/").jwt(json!({"iss": "i"})), false),
+            ("empty sub", tok("i", ""), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["https://example.com/*"]}}]}),
+        vec![
+            ("iss exact sub any", tok("https://example.com", "x"), true),
+            ("other iss", tok("https://example.org", "x"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["a/b*"]}}]}),
+        // A.9: iss must equal "a": a plain string prefix would match "a/b" + "/c".
+        vec![
+            ("iss a/b sub c", tok("a/b", "c"), false),
+            ("iss a sub bc", tok("a", "bc"), true),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["issuer"]}}]}),
+        vec![
+            ("no slash needs empty sub", tok("issuer", "x"), false),
+            ("empty sub", tok("issuer", ""), true),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["*/*"]}}]}),
+        vec![
+            ("sub literal star", tok("i", "*"), true),
+            ("sub other", tok("i", "x"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["*suffix"]}}]}),
+        vec![
+            ("sub suffix", tok("i", "a-suffix"), true),
+            ("iss suffix no", tok("a-suffix", "x"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["*.com/sub"]}}]}),
+        vec![
+            ("iss suffix", tok("https://a.com", "sub"), true),
+            ("sub differs", tok("https://a.com", "sub2"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"requestPrincipals": ["iss-pre*"]}}]}),
+        vec![
+            ("iss prefix", tok("iss-prefix", "x"), true),
+            ("no", tok("other", "x"), false),
+        ],
+    );
+    table(
+        json!({"from": [{"source": {"notRequestPrincipals": ["bad/user"]}}]}),
+        vec![
+            ("no token", get("/"), true),
+            ("bad", tok("bad", "user"), false),
+            ("good", tok("good", "user"), true),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "request.auth.principal", "values": ["i/s"]}]}),
+        vec![
+            ("ok", tok("i", "s"), true),
+            (
+                "iss not a string",
+                get("/").jwt(json!({"iss": 1, "sub": "s"})),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn claims() {
+    let t = |p: Value| get("/").jwt(p);
+    table(
+        json!({"when": [{"key": "request.auth.claims[groups]", "values": ["admin", "dev*"]}]}),
+        vec![
+            ("string", t(json!({"groups": "admin"})), true),
+            (
+                "list element",
+                t(json!({"groups": ["x", "developers"]})),
+                true,
+            ),
+            ("list none", t(json!({"groups": ["x", "y"]})), false),
+            ("number never", t(json!({"groups": 5})), false),
+            (
+                "nested list not flattened",
+                t(json!({"groups": [["admin"]]})),
+                false,
+            ),
+            ("missing", t(json!({})), false),
+            ("no token", get("/"), false),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "request.auth.claims[nested1][nested2]", "values": ["v"]}, {"key": "request.auth.claims[a.b]", "values": ["*"]}]}),
+        vec![
+            (
+                "nested and dotted key",
+                t(json!({"nested1": {"nested2": "v"}, "a.b": "x"})),
+                true,
+            ),
+            (
+                "dotted is one key",
+                t(json!({"nested1": {"nested2": "v"}, "a": {"b": "x"}})),
+                false,
+            ),
+            (
+                "star needs non-empty",
+                t(json!({"nested1": {"nested2": "v"}, "a.b": ""})),
+                false,
+            ),
+        ],
+    );
+    // A.15.6: notValues with no token matches (anonymous passes an ALLOW).
+    table(
+        json!({"when": [{"key": "request.auth.claims[role]", "notValues": ["guest"]}]}),
+        vec![
+            ("no token", get("/"), true),
+            ("guest", t(json!({"role": "guest"})), false),
+            ("admin", t(json!({"role": "admin"})), true),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "request.auth.audiences", "values": ["aud1"]}, {"key": "request.auth.presenter", "values": ["cli*"]}]}),
+        vec![
+            (
+                "aud list + azp",
+                t(json!({"aud": ["x", "aud1"], "azp": "client"})),
+                true,
+            ),
+            (
+                "aud string",
+                t(json!({"aud": "aud1", "azp": "client"})),
+                true,
+            ),
+            (
+                "azp wrong",
+                t(json!({"aud": "aud1", "azp": "other"})),
+                false,
+            ),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- headers, sni, metadata
+
+#[test]
+fn request_headers() {
+    table(
+        json!({"when": [{"key": "request.headers[X-Header]", "values": ["exact", "pre*", "*suf"]}]}),
+        vec![
+            ("exact", get("/").h("x-header", "exact"), true),
+            (
+                "value case-sensitive",
+                get("/").h("x-header", "EXACT"),
+                false,
+            ),
+            ("prefix", get("/").h("x-header", "prefix"), true),
+            ("suffix", get("/").h("x-header", "a-suf"), true),
+            (
+                "joined duplicates",
+                get("/").h("x-header", "exact,other"),
+                false,
+            ),
+            ("absent", get("/"), false),
+        ],
+    );
+    // A.15.5: `*` is presence, even with an empty value.
+    table(
+        json!({"when": [{"key": "request.headers[x]", "values": ["*"]}]}),
+        vec![
+            ("empty value", get("/").h("x", ""), true),
+            ("absent", get("/"), false),
+        ],
+    );
+    table(
+        json!({"when": [{"key": "request.headers[x]", "notValues": ["bad"]}]}),
+        vec![
+            ("absent", get("/"), true),
+            ("bad", get("/").h("x", "bad"), false),
+        ],
+    );
+}
+
+#[test]
+fn sni_and_experimental_metadata() {
+    let mut r = get("/");
+    r.sni = "api.example.com".into();
+    table(
+        json!({"when": [{"key": "connection.sni", "values": ["*.example.com"]}]}),
+        vec![("sni", r.clone(), true), ("no sni", get("/"), false)],
+    );
+    table(
+        json!({"when": [{"key": "connection.sni", "values": ["*"]}]}),
+        vec![("no sni", get("/"), false), ("sni", r, true)],
+    );
+    let mut m = get("/");
+    m.meta.insert(
+        "envoy.filters.a.b".into(),
+        json!({"c": "v", "l": ["x", "y"]}),
+    );
+    table(
+        json!({"when": [{"key": "experimental.envoy.filters.a.b[c]", "values": ["v"]}, {"key": "experimental.envoy.filters.a.b[l]", "values": ["[y]"]}]}),
+        vec![("metadata", m.clone(), true), ("absent", get("/"), false)],
+    );
+    table(
+        json!({"when": [{"key": "experimental.envoy.filters.a.b[l]", "values": ["y"]}]}),
+        vec![("string matcher on a list", m, false)],
+    );
+}
+
+#[test]
+fn when_goes_to_every_principal_and_permission() {
+    // golden single-policy shape: 2 from × 2 to, when repeated in each.
+    table(
+        json!({
+            "from": [{"source": {"principals": ["a"]}}, {"source": {"requestPrincipals": ["i/s"]}}],
+            "to": [{"operation": {"methods": ["GET"]}}, {"operation": {"paths": ["/p"]}}],
+            "when": [{"key": "request.headers[x]", "values": ["1"]}, {"key": "destination.port", "values": ["8080"]}]
+        }),
+        vec![
+            ("peer a GET", get("/z").peer("spiffe://a").h("x", "1"), true),
+            (
+                "jwt POST /p",
+                req("POST", "/p")
+                    .jwt(json!({"iss": "i", "sub": "s"}))
+                    .h("x", "1"),
+                true,
+            ),
+            ("header missing", get("/z").peer("spiffe://a"), false),
+            ("neither source", get("/z").h("x", "1"), false),
+            (
+                "neither op",
+                req("POST", "/z").peer("spiffe://a").h("x", "1"),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn needs_only_what_policies_read() {
+    let a = authz(vec![policy(
+        "p",
+        json!({"rules": [{"to": [{"operation": {"paths": ["/a"]}}]}]}),
+    )]);
+    assert_eq!(
+        a.needs,
+        Needs {
+            headers: true,
+            ..Needs::default()
+        }
+    );
+    let a = authz(vec![policy(
+        "p",
+        json!({"rules": [{"from": [{"source": {"namespaces": ["a"], "remoteIpBlocks": ["1.1.1.1"]}}], "when": [{"key": "request.auth.claims[x]", "values": ["y"]}]}]}),
+    )]);
+    assert_eq!(
+        a.needs,
+        Needs {
+            peer: true,
+            remote_ip: true,
+            jwt: true,
+            ..Needs::default()
+        }
+    );
+}
+
+// ---------------------------------------------------------------- CUSTOM
+
+fn custom_cfg(policies: Vec<Value>) -> Value {
+    json!({"policies": policies, "extensionProviders": [{"name": "ext", "envoyExtAuthzHttp": {
+        "service": "authz.foo.svc.cluster.local", "port": 8000, "timeout": "250ms", "pathPrefix": "/check",
+        "failOpen": false, "statusOnError": "503", "includeRequestHeadersInCheck": ["x-user", "x-pre-*"],
+        "headersToUpstreamOnAllow": ["x-authz-*"], "headersToDownstreamOnDeny": ["x-reason"]}}]})
+}
+
+#[test]
+fn custom_matches_only_its_rules() {
+    let cfg = custom_cfg(vec![policy(
+        "ext",
+        json!({"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}),
+    )]);
+    let a = Authz::from_json(cfg.to_string().as_bytes()).unwrap();
+    assert!(a.has_custom());
+    let (s, id) = a.check_custom(&mut get("/admin/x")).unwrap();
+    assert_eq!(id, "istio-ext-authz-ext-ns[foo]-policy[ext]-rule[0]");
+    assert_eq!(s.cluster, "outbound|8000||authz.foo.svc.cluster.local");
+    assert_eq!(s.timeout_ms, 250);
+    assert_eq!(s.status_on_error, 503);
+    assert!(s.include_request_header("X-User"));
+    assert!(s.include_request_header("x-pre-anything"));
+    assert!(!s.include_request_header("x-other"));
+    assert!(s.to_upstream_on_allow("x-authz-id"));
+    assert!(s.to_downstream_on_deny("X-Reason"));
+    assert!(a.check_custom(&mut get("/public")).is_none());
+    // CUSTOM alone does not make ALLOW enforce anything.
+    assert!(a.evaluate(&mut get("/public")).allowed);
+}
+
+#[test]
+fn custom_provider_must_exist() {
+    let e = config_error(custom_cfg(vec![policy(
+        "ext",
+        json!({"action": "CUSTOM", "provider": {"name": "nope"}, "rules": [{}]}),
+    )]));
+    assert!(
+        e.starts_with("policies[0].spec.provider.name: extension provider \"nope\" not found"),
+        "{e}"
+    );
+    let mut cfg = custom_cfg(vec![]);
+    cfg["extensionProviders"][0]["envoyExtAuthzHttp"]["timeout"] = json!("soon");
+    let e = config_error(cfg);
+    assert!(
+        e.starts_with("extensionProviders[0].envoyExtAuthzHttp.timeout: invalid duration"),
+        "{e}"
+    );
+}
