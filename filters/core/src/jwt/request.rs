@@ -1,0 +1,277 @@
+//! The request as jwt_authn sees and changes it: headers (lower-case names,
+//! pseudo-headers included), token extraction from the configured locations,
+//! and the header edits applied after a decision.
+
+use std::collections::BTreeMap;
+
+/// An edit to the request, replayed in order by the filter glue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    Remove(String),
+    Add(String, String),
+    /// Replace `:path` (a query-parameter token was removed).
+    SetPath(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub headers: Vec<(String, String)>,
+    ops: Vec<HeaderOp>,
+}
+
+impl Request {
+    /// Header names are lower-cased here (HTTP/2 and Envoy already do).
+    pub fn new(headers: Vec<(String, String)>) -> Request {
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        Request {
+            headers,
+            ops: Vec::new(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> &str {
+        self.header(":path").unwrap_or("")
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+        self.ops.push(HeaderOp::Remove(name.to_string()));
+    }
+
+    pub fn add(&mut self, name: &str, value: String) {
+        self.headers.push((name.to_string(), value.clone()));
+        self.ops.push(HeaderOp::Add(name.to_string(), value));
+    }
+
+    pub fn set_path(&mut self, path: String) {
+        match self.headers.iter_mut().find(|(k, _)| k == ":path") {
+            Some(h) => h.1 = path.clone(),
+            None => self.headers.push((":path".into(), path.clone())),
+        }
+        self.ops.push(HeaderOp::SetPath(path));
+    }
+
+    pub fn take_ops(&mut self) -> Vec<HeaderOp> {
+        std::mem::take(&mut self.ops)
+    }
+
+    /// `realm` of `www-authenticate`: scheme://host + the first 256 bytes of
+    /// the path (query included), as Envoy's jwt_authn writes it.
+    pub fn realm(&self) -> String {
+        let scheme = self.header(":scheme").unwrap_or("http");
+        let host = self
+            .header(":authority")
+            .or_else(|| self.header("host"))
+            .unwrap_or("");
+        let path = self.path();
+        let mut cut = path.len().min(256);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{scheme}://{host}{}", &path[..cut])
+    }
+}
+
+/// Where a token was found, so it can be removed after success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Header(String),
+    Param(String),
+    Cookie,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    pub token: String,
+    pub location: Location,
+}
+
+/// One provider's token locations (Envoy `ExtractorImpl` for a single provider).
+#[derive(Debug, Clone, Default)]
+pub struct Locations {
+    /// (header name lower-case, value prefix), iterated in Envoy's map order
+    /// (sorted by name + prefix).
+    pub headers: BTreeMap<String, (String, String)>,
+    pub params: Vec<String>,
+    pub cookies: Vec<String>,
+}
+
+impl Locations {
+    pub fn new(headers: &[(String, String)], params: &[String], cookies: &[String]) -> Locations {
+        let mut l = Locations::default();
+        if headers.is_empty() && params.is_empty() && cookies.is_empty() {
+            // Envoy's defaults when no location is configured.
+            l.add_header("authorization", "Bearer ");
+            l.params.push("access_token".into());
+        } else {
+            for (name, prefix) in headers {
+                l.add_header(&name.to_ascii_lowercase(), prefix);
+            }
+            l.params = params.to_vec();
+            l.cookies = cookies.to_vec();
+        }
+        l.params.sort();
+        l.params.dedup();
+        l.cookies.sort();
+        l.cookies.dedup();
+        l
+    }
+
+    fn add_header(&mut self, name: &str, prefix: &str) {
+        self.headers.insert(
+            format!("{name}{prefix}"),
+            (name.to_string(), prefix.to_string()),
+        );
+    }
+
+    /// Tokens in Envoy's order: headers, then query parameters, then cookies.
+    pub fn extract(&self, req: &Request) -> Vec<Extracted> {
+        let mut out = Vec::new();
+        for (name, prefix) in self.headers.values() {
+            for value in req.header_values(name) {
+                let token = if prefix.is_empty() {
+                    value.to_string()
+                } else {
+                    // The prefix may appear anywhere; absent means "no token here".
+                    let Some(pos) = value.find(prefix.as_str()) else {
+                        continue;
+                    };
+                    after_prefix(value, pos + prefix.len()).to_string()
+                };
+                out.push(Extracted {
+                    token,
+                    location: Location::Header(name.clone()),
+                });
+            }
+        }
+        if !self.params.is_empty() {
+            let params = parse_query(req.path());
+            for name in &self.params {
+                if let Some((_, v)) = params.iter().find(|(k, _)| k == name) {
+                    out.push(Extracted {
+                        token: v.clone(),
+                        location: Location::Param(name.clone()),
+                    });
+                }
+            }
+        }
+        if !self.cookies.is_empty() {
+            let cookies = parse_cookies(req, &self.cookies);
+            for name in &self.cookies {
+                if let Some((_, v)) = cookies.iter().find(|(k, _)| k == name) {
+                    out.push(Extracted {
+                        token: v.clone(),
+                        location: Location::Cookie,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn is_jwt_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+/// Envoy `extractJWT`: skip to the first base64url/dot character after the
+/// prefix and take the rest; if there is none, the whole value.
+fn after_prefix(value: &str, after: usize) -> &str {
+    match value.get(after..).and_then(|rest| rest.find(is_jwt_char)) {
+        Some(i) => &value[after + i..],
+        None => value,
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// `%XX` decoding as Envoy's `PercentEncoding::decode` (invalid escapes kept).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `QueryParamsMulti::parseAndDecodeQueryString`, in order of appearance.
+pub fn parse_query(path: &str) -> Vec<(String, String)> {
+    let Some(q) = path.find('?').map(|i| &path[i + 1..]) else {
+        return Vec::new();
+    };
+    let q = q.split('#').next().unwrap_or("");
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// `QueryParamsMulti::remove` + `replaceQueryString`: the remaining parameters
+/// are written back decoded, sorted by name (Envoy keeps them in a btree map).
+pub fn remove_param(path: &str, name: &str) -> String {
+    let base = path.split('?').next().unwrap_or("");
+    let mut params = parse_query(path);
+    params.retain(|(k, _)| k != name);
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = base.to_string();
+    for (i, (k, v)) in params.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
+/// `Http::Utility::parseCookies` restricted to `names`: first occurrence wins,
+/// surrounding double quotes stripped.
+fn parse_cookies(req: &Request, names: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for header in req.header_values("cookie") {
+        for part in header.split(';') {
+            let Some(eq) = part.find('=') else { continue };
+            let key = part[..eq].trim_start_matches(' ');
+            if !names.iter().any(|n| n == key) || out.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let mut v = &part[eq + 1..];
+            if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+                v = &v[1..v.len() - 1];
+            }
+            out.push((key.to_string(), v.to_string()));
+        }
+    }
+    out
+}

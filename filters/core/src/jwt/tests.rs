@@ -1,0 +1,713 @@
+//! Table-driven tests of the claim, location and time rules, against the
+//! behaviour of Envoy's jwt_authn + jwt_verify_lib (statuses and bodies).
+
+use serde_json::{json, Value};
+
+use super::testing::{jwks_json, sign, token, Key, DEFAULT_KEYS};
+use super::*;
+
+const ISS: &str = "https://issuer.example";
+const NOW: u64 = 1_800_000_000;
+
+fn authn(extra: Value) -> JwtAuthn {
+    let mut rule = json!({"issuer": ISS, "jwks": jwks_json(DEFAULT_KEYS)});
+    if let (Value::Object(r), Value::Object(e)) = (&mut rule, extra) {
+        r.extend(e);
+    }
+    JwtAuthn::from_json(json!({"jwtRules": [rule]}).to_string().as_bytes()).unwrap()
+}
+
+fn claims() -> Value {
+    json!({"iss": ISS, "sub": "alice", "aud": "svc", "exp": NOW + 3600, "scope": "read write"})
+}
+
+fn req(auth: Option<&str>) -> Vec<(String, String)> {
+    let mut h = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":scheme".to_string(), "http".to_string()),
+        (":authority".to_string(), "example.com".to_string()),
+        (":path".to_string(), "/api?x=1".to_string()),
+    ];
+    if let Some(a) = auth {
+        h.push(("authorization".to_string(), a.to_string()));
+    }
+    h
+}
+
+fn run(a: &JwtAuthn, headers: Vec<(String, String)>) -> Decision {
+    a.evaluate(headers, NOW, &NoRemoteKeys, &mut TokenCache::new(16))
+        .decision
+}
+
+fn bearer(t: &str) -> Vec<(String, String)> {
+    req(Some(&format!("Bearer {t}")))
+}
+
+fn denied(d: &Decision) -> Option<(u32, &'static str)> {
+    match d {
+        Decision::Deny(d) => Some((d.http_status, d.body)),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let a = authn(json!({}));
+    for alg in [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "HS256",
+        "HS384", "HS512", "EdDSA",
+    ] {
+        match run(&a, bearer(&token(alg, &claims()))) {
+            Decision::Allow(allow) => {
+                assert_eq!(
+                    allow.principal.as_deref(),
+                    Some("https://issuer.example/alice"),
+                    "{alg}"
+                );
+                let p = allow.payload.unwrap();
+                assert_eq!(
+                    p["scope"],
+                    json!(["read", "write"]),
+                    "{alg}: scope split into a list"
+                );
+                assert_eq!(
+                    allow.ops,
+                    vec![HeaderOp::Remove("authorization".into())],
+                    "{alg}"
+                );
+            }
+            other => panic!("{alg}: {other:?}"),
+        }
+    }
+}
+
+type Case = (&'static str, String, Option<(u32, &'static str)>);
+
+#[test]
+fn failures_have_envoys_status_and_body() {
+    let a = authn(json!({"audiences": ["svc", "https://other.example/"]}));
+    let with = |patch: Value| {
+        let mut c = claims();
+        if let (Value::Object(c), Value::Object(p)) = (&mut c, patch) {
+            c.extend(p);
+        }
+        c
+    };
+    let rs = |c: &Value| token("RS256", c);
+    let hdr = |alg: &str, kid: &str| json!({"alg": alg, "kid": kid});
+    let rsa_public_n = super::testing::jwk(Key::Rsa1)["n"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = rs(&claims());
+    let cases: Vec<Case> = vec![
+        ("good", good.clone(), None),
+        ("exp within skew", rs(&with(json!({"exp": NOW - 59}))), None),
+        (
+            "expired",
+            rs(&with(json!({"exp": NOW - 61}))),
+            Some((401, "Jwt is expired")),
+        ),
+        ("nbf within skew", rs(&with(json!({"nbf": NOW + 59}))), None),
+        (
+            "nbf future",
+            rs(&with(json!({"nbf": NOW + 61}))),
+            Some((401, "Jwt not yet valid")),
+        ),
+        (
+            "no exp at all",
+            rs(&json!({"iss": ISS, "sub": "a", "aud": "svc"})),
+            None,
+        ),
+        (
+            "wrong iss",
+            rs(&with(json!({"iss": "https://evil"}))),
+            Some((401, "Jwt issuer is not configured")),
+        ),
+        (
+            "no iss",
+            rs(&json!({"sub": "a", "aud": "svc"})),
+            Some((401, "Jwt issuer is not configured")),
+        ),
+        (
+            "wrong aud",
+            rs(&with(json!({"aud": "nope"}))),
+            Some((403, "Audiences in Jwt are not allowed")),
+        ),
+        (
+            "aud list one ok",
+            rs(&with(json!({"aud": ["x", "svc"]}))),
+            None,
+        ),
+        (
+            "aud sanitized",
+            rs(&with(json!({"aud": "http://other.example"}))),
+            None,
+        ),
+        (
+            "aud not string",
+            rs(&with(json!({"aud": 5}))),
+            Some((
+                401,
+                "Jwt payload [aud] field is not a string or string list",
+            )),
+        ),
+        (
+            "exp not integer",
+            rs(&with(json!({"exp": "soon"}))),
+            Some((401, "Jwt payload [exp] field is not an integer")),
+        ),
+        (
+            "exp negative",
+            rs(&with(json!({"exp": -1}))),
+            Some((
+                401,
+                "Jwt payload [exp] field is not a positive 64 bit integer",
+            )),
+        ),
+        (
+            "iat not integer",
+            rs(&with(json!({"iat": true}))),
+            Some((401, "Jwt payload [iat] field is not an integer")),
+        ),
+        (
+            "sub not string",
+            rs(&with(json!({"sub": 1}))),
+            Some((401, "Jwt payload [sub] field is not a string")),
+        ),
+        (
+            "jti not string",
+            rs(&with(json!({"jti": 1}))),
+            Some((401, "Jwt payload [jti] field is not a string")),
+        ),
+        (
+            "bad signature (stranger key, same kid)",
+            sign(Key::Rsa2, &hdr("RS256", "rsa-1"), &claims()),
+            Some((401, "Jwt verification fails")),
+        ),
+        (
+            "unknown kid",
+            sign(Key::Rsa2, &hdr("RS256", "rsa-2"), &claims()),
+            Some((401, "Jwks doesn't have key to match kid or alg from Jwt")),
+        ),
+        // Unsigned: the empty third section vanishes, so it is not even 3 sections.
+        (
+            "alg none",
+            sign(Key::Rsa1, &json!({"alg": "none"}), &claims()),
+            Some((
+                401,
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            )),
+        ),
+        (
+            "alg none with a signature",
+            format!("{}AA", sign(Key::Rsa1, &json!({"alg": "none"}), &claims())),
+            Some((401, "Jwt header [alg] is not supported")),
+        ),
+        (
+            "alg missing",
+            format!("{}AA", sign(Key::Rsa1, &json!({"typ": "JWT"}), &claims())),
+            Some((
+                401,
+                "Jwt header [alg] field is required and must be a string",
+            )),
+        ),
+        (
+            "kid not string",
+            sign(Key::Rsa1, &json!({"alg": "RS256", "kid": 3}), &claims()),
+            Some((401, "Jwt header [kid] field is not a string")),
+        ),
+        (
+            "ES256 header, RSA key kid",
+            sign(Key::P256, &hdr("ES256", "rsa-1"), &claims()),
+            Some((401, "Jwt verification fails")),
+        ),
+        (
+            "Ed25519 short signature",
+            format!(
+                "{}.AAAA",
+                good.rsplit_once('.').unwrap().0.replace(
+                    &good.split('.').next().unwrap().to_string(),
+                    &base64url_encode(br#"{"alg":"EdDSA","kid":"ed-1"}"#)
+                )
+            ),
+            Some((401, "Jwt ED25519 signature is wrong length")),
+        ),
+        (
+            "truncated signature",
+            good[..good.len() - 10].to_string(),
+            Some((401, "Jwt verification fails")),
+        ),
+        (
+            "truncated to two parts",
+            good.rsplit_once('.').unwrap().0.to_string(),
+            Some((
+                401,
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            )),
+        ),
+        (
+            "garbage",
+            "not-a-jwt".to_string(),
+            Some((
+                401,
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            )),
+        ),
+        (
+            "garbage 3 parts",
+            "a.b.c".to_string(),
+            Some((401, "Jwt header is an invalid Base64url encoded")),
+        ),
+        (
+            "header not json",
+            format!("{}.e30.AA", base64url_encode(b"nope")),
+            Some((401, "Jwt header is an invalid JSON")),
+        ),
+        (
+            "payload not base64",
+            format!("{}.!.AA", base64url_encode(br#"{"alg":"RS256"}"#)),
+            Some((401, "Jwt payload is an invalid Base64url encoded")),
+        ),
+        (
+            "payload not json",
+            format!(
+                "{}.{}.AA",
+                base64url_encode(br#"{"alg":"RS256"}"#),
+                base64url_encode(b"[1]")
+            ),
+            Some((401, "Jwt payload is an invalid JSON")),
+        ),
+        (
+            "signature bad base64",
+            format!("{}.A", good.rsplit_once('.').unwrap().0),
+            Some((401, "Jwt signature is an invalid Base64url encoded")),
+        ),
+        ("empty sections vanish", good.replacen('.', "..", 1), None),
+    ];
+    let _ = rsa_public_n;
+    for (name, t, want) in cases {
+        let d = run(&a, bearer(&t));
+        assert_eq!(denied(&d), want, "{name}: {d:?}");
+        if let Decision::Deny(deny) = &d {
+            assert_eq!(
+                deny.www_authenticate,
+                r#"Bearer realm="http://example.com/api?x=1", error="invalid_token""#
+            );
+        }
+    }
+}
+
+#[test]
+fn key_confusion_hmac_with_rsa_public_key_is_rejected() {
+    // An attacker signs HS256 with the RSA public key as the secret.
+    let a = JwtAuthn::from_json(
+        json!({"jwtRules": [{"issuer": ISS, "jwks": jwks_json(&[Key::Rsa1])}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let n = super::testing::jwk(Key::Rsa1)["n"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let input = format!(
+        "{}.{}",
+        base64url_encode(br#"{"alg":"HS256","kid":"rsa-1"}"#),
+        base64url_encode(claims().to_string().as_bytes())
+    );
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(n.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    let t = format!("{input}.{}", base64url_encode(&mac.finalize().into_bytes()));
+    assert_eq!(
+        denied(&run(&a, bearer(&t))),
+        Some((401, "Jwt verification fails"))
+    );
+}
+
+#[test]
+fn locations_and_missing_tokens() {
+    let a = authn(json!({}));
+    let t = token("RS256", &claims());
+    // No token, or a header without the prefix: missing, so allowed with no identity.
+    for h in [
+        req(None),
+        req(Some(&format!("Basic {t}"))),
+        req(Some(&format!("bearer {t}"))),
+    ] {
+        match run(&a, h) {
+            Decision::Allow(allow) => assert_eq!(allow.payload, None),
+            d => panic!("{d:?}"),
+        }
+    }
+    // Prefix anywhere in the value; junk after it skipped.
+    assert!(matches!(
+        run(&a, req(Some(&format!("xBearer  ,{t}")))),
+        Decision::Allow(Allow {
+            payload: Some(_),
+            ..
+        })
+    ));
+    // Bearer with only junk after: the whole value is the token.
+    assert_eq!(
+        denied(&run(&a, req(Some("Bearer !!!")))).map(|d| d.0),
+        Some(401)
+    );
+    // Default query parameter, removed after success (rest rebuilt, sorted).
+    let mut h = req(None);
+    h[3].1 = format!("/api?z=2&access_token={t}&a=%41");
+    match run(&a, h) {
+        Decision::Allow(allow) => {
+            assert_eq!(allow.ops, vec![HeaderOp::SetPath("/api?a=A&z=2".into())])
+        }
+        d => panic!("{d:?}"),
+    }
+    // Empty access_token counts as a (bad) token.
+    let mut h = req(None);
+    h[3].1 = "/api?access_token=".into();
+    assert_eq!(
+        denied(&run(&a, h)),
+        Some((
+            401,
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+        ))
+    );
+    // Header token and a bad query token: the query token is checked first and fails.
+    let mut h = bearer(&t);
+    h[3].1 = "/api?access_token=a.b.c".into();
+    assert_eq!(
+        denied(&run(&a, h)).map(|d| d.1),
+        Some("Jwt header is an invalid Base64url encoded")
+    );
+}
+
+#[test]
+fn custom_locations_cookies_and_outputs() {
+    let a = authn(json!({
+        "fromHeaders": [{"name": "X-Jwt", "prefix": ""}],
+        "fromCookies": ["session"],
+        "outputPayloadToHeader": "x-payload",
+        "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}, {"header": "x-grp", "claim": "org.team"},
+                                 {"header": "x-n", "claim": "n"}, {"header": "x-f", "claim": "f"},
+                                 {"header": "x-obj", "claim": "org"}, {"header": "x-none", "claim": "missing"}],
+        "forwardOriginalToken": true
+    }));
+    let mut c = claims();
+    c["org"] = json!({"team": "blue"});
+    c["n"] = json!(42);
+    c["f"] = json!(1.5);
+    let t = token("ES256", &c);
+    // Authorization is not a location any more: that token is ignored.
+    let mut h = req(Some("Bearer garbage"));
+    h.push(("cookie".into(), format!("a=1; session=\"{t}\"")));
+    h.push(("x-sub".into(), "spoofed".into()));
+    match run(&a, h) {
+        Decision::Allow(allow) => {
+            let payload_b64 = t.split('.').nth(1).unwrap().to_string();
+            assert_eq!(
+                allow.ops,
+                vec![
+                    HeaderOp::Remove("x-payload".into()),
+                    HeaderOp::Remove("x-sub".into()),
+                    HeaderOp::Remove("x-grp".into()),
+                    HeaderOp::Remove("x-n".into()),
+                    HeaderOp::Remove("x-f".into()),
+                    HeaderOp::Remove("x-obj".into()),
+                    HeaderOp::Remove("x-none".into()),
+                    HeaderOp::Add("x-payload".into(), payload_b64),
+                    HeaderOp::Add("x-sub".into(), "alice".into()),
+                    HeaderOp::Add("x-grp".into(), "blue".into()),
+                    HeaderOp::Add("x-n".into(), "42".into()),
+                    HeaderOp::Add("x-f".into(), "1.500000".into()),
+                    HeaderOp::Add("x-obj".into(), "eyJ0ZWFtIjoiYmx1ZSJ9".into()),
+                ]
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    // No token: spoofed output headers are still removed.
+    match run(&a, vec![("x-sub".into(), "spoofed".into())]) {
+        Decision::Allow(allow) => assert!(allow.ops.contains(&HeaderOp::Remove("x-sub".into()))),
+        d => panic!("{d:?}"),
+    }
+    // Custom header without prefix: the whole value is the token.
+    assert!(matches!(
+        run(&a, vec![("x-jwt".into(), t.clone())]),
+        Decision::Allow(Allow {
+            payload: Some(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn cors_preflight_bypasses_verification() {
+    let a = authn(json!({}));
+    let mut h = bearer("garbage");
+    h[0].1 = "OPTIONS".into();
+    h.push(("origin".into(), "https://x".into()));
+    h.push(("access-control-request-method".into(), "GET".into()));
+    assert!(matches!(
+        run(&a, h.clone()),
+        Decision::Allow(Allow {
+            cors_preflight: true,
+            ..
+        })
+    ));
+    h.pop();
+    assert!(matches!(run(&a, h), Decision::Deny(_)));
+}
+
+#[test]
+fn several_rules_as_istiod_orders_them() {
+    let other = "https://other.example";
+    let cfg = json!({"jwtRules": [
+        {"issuer": other, "jwks": jwks_json(&[Key::Rsa2]), "fromHeaders": [{"name": "x-other"}]},
+        {"issuer": ISS, "jwks": jwks_json(DEFAULT_KEYS)}
+    ]});
+    let a = JwtAuthn::from_json(cfg.to_string().as_bytes()).unwrap();
+    // Sorted by issuer: origins-0 is "https://issuer.example".
+    assert_eq!(a.providers[0].issuer, ISS);
+    assert_eq!(a.providers[1].name, "origins-1");
+    let t1 = token("RS256", &claims());
+    let mut c2 = claims();
+    c2["iss"] = json!(other);
+    let t2 = sign(Key::Rsa2, &json!({"alg": "RS256", "kid": "rsa-2"}), &c2);
+    assert!(matches!(
+        run(&a, bearer(&t1)),
+        Decision::Allow(Allow {
+            payload: Some(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        run(&a, vec![("x-other".into(), t2.clone())]),
+        Decision::Allow(Allow {
+            payload: Some(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        run(&a, req(None)),
+        Decision::Allow(Allow { payload: None, .. })
+    ));
+    // A token of the other issuer in Authorization: unknown for origins-0.
+    assert_eq!(
+        denied(&run(&a, bearer(&t2))),
+        Some((401, "Jwt issuer is not configured"))
+    );
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 100);
+    assert_eq!(
+        denied(&run(&a, bearer(&token("RS256", &expired)))),
+        Some((401, "Jwt is expired"))
+    );
+}
+
+#[test]
+fn cache_skips_the_signature_but_not_time() {
+    let a = authn(json!({}));
+    let mut cache = TokenCache::new(4);
+    let mut c = claims();
+    c["exp"] = json!(NOW + 10);
+    let t = token("RS256", &c);
+    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    assert_eq!((e1.cache_hits, e1.cache_misses), (0, 1));
+    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    assert_eq!((e2.cache_hits, e2.cache_misses), (1, 0));
+    assert_eq!(e1.decision, e2.decision);
+    let e3 = a.evaluate(bearer(&t), NOW + 100, &NoRemoteKeys, &mut cache);
+    assert_eq!(denied(&e3.decision), Some((401, "Jwt is expired")));
+    // Bounded.
+    for i in 0..10 {
+        let mut c = claims();
+        c["i"] = json!(i);
+        a.evaluate(bearer(&token("HS256", &c)), NOW, &NoRemoteKeys, &mut cache);
+    }
+    assert!(cache.len() <= 4);
+}
+
+struct Keys<'a>(KeyState<'a>);
+impl RemoteKeys for Keys<'_> {
+    fn keys(&self, _p: usize) -> KeyState<'_> {
+        match &self.0 {
+            KeyState::Ready { jwks, can_refetch } => KeyState::Ready {
+                jwks,
+                can_refetch: *can_refetch,
+            },
+            KeyState::Pending => KeyState::Pending,
+            KeyState::Failed => KeyState::Failed,
+        }
+    }
+}
+
+#[test]
+fn remote_keys_states() {
+    let cfg = json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://keys.example/jwks.json"}]});
+    let a = JwtAuthn::from_json(cfg.to_string().as_bytes()).unwrap();
+    let r = a.remote(0).unwrap();
+    assert_eq!(r.cluster, "outbound|443||keys.example");
+    assert_eq!(
+        (r.authority.as_str(), r.path.as_str()),
+        ("keys.example", "/jwks.json")
+    );
+    let t = token("RS256", &claims());
+    let mut cache = TokenCache::new(4);
+    let ev =
+        |k: &Keys, cache: &mut TokenCache, t: &str| a.evaluate(bearer(t), NOW, k, cache).decision;
+    assert_eq!(
+        ev(&Keys(KeyState::Pending), &mut cache, &t),
+        Decision::FetchJwks {
+            provider: 0,
+            refetch: false
+        }
+    );
+    assert_eq!(
+        denied(&ev(&Keys(KeyState::Failed), &mut cache, &t)),
+        Some((401, "Jwks remote fetch is failed"))
+    );
+    let jwks = Jwks::parse(&jwks_json(&[Key::P256])).unwrap();
+    // Unknown kid with refetch allowed: ask for a refetch; when not allowed: fail.
+    assert_eq!(
+        ev(
+            &Keys(KeyState::Ready {
+                jwks: &jwks,
+                can_refetch: true
+            }),
+            &mut cache,
+            &t
+        ),
+        Decision::FetchJwks {
+            provider: 0,
+            refetch: true
+        }
+    );
+    assert_eq!(
+        denied(&ev(
+            &Keys(KeyState::Ready {
+                jwks: &jwks,
+                can_refetch: false
+            }),
+            &mut cache,
+            &t
+        ))
+        .map(|d| d.1),
+        Some("Jwks doesn't have key to match kid or alg from Jwt")
+    );
+    let jwks = Jwks::parse(&jwks_json(DEFAULT_KEYS)).unwrap();
+    assert!(matches!(
+        ev(
+            &Keys(KeyState::Ready {
+                jwks: &jwks,
+                can_refetch: true
+            }),
+            &mut cache,
+            &t
+        ),
+        Decision::Allow(_)
+    ));
+    // No token at all never needs keys.
+    assert!(matches!(
+        a.evaluate(req(None), NOW, &Keys(KeyState::Pending), &mut cache)
+            .decision,
+        Decision::Allow(_)
+    ));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let cases = [
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwks": "{}", "bogus": 1}]}),
+            "jwtRules[0].bogus",
+        ),
+        (
+            json!({"jwtRules": [{"jwks": jwks_json(DEFAULT_KEYS)}]}),
+            "jwtRules[0].issuer",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS}]}),
+            "jwtRules[0].jwksUri",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwks": "{\"keys\":[]}"}]}),
+            "jwtRules[0].jwks",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "ftp://x/y"}]}),
+            "jwtRules[0].jwksUri",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://x/y", "timeout": "fast"}]}),
+            "jwtRules[0].timeout",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://x/y", "outputClaimToHeaders": [{"header": "bad header", "claim": "sub"}]}]}),
+            "jwtRules[0].outputClaimToHeaders[0].header",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://x/y", "fromHeaders": [{"prefix": "Bearer "}]}]}),
+            "jwtRules[0].fromHeaders[0].name",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://x/y", "fromParams": [""]}]}),
+            "jwtRules[0].fromParams[0]",
+        ),
+        (
+            json!({"jwtRules": [{"issuer": ISS, "jwksUri": "https://x/y", "audiences": ["a", ""]}]}),
+            "jwtRules[0].audiences[1]",
+        ),
+        (json!({"jwtRules": {}}), "jwtRules"),
+    ];
+    for (cfg, path) in cases {
+        let err = JwtAuthn::from_json(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.path.as_str(), path, "{cfg}: {err}");
+    }
+    // A spec pasted whole (selector included) and an empty config are fine.
+    assert!(
+        JwtAuthn::from_json(br#"{"selector": {"matchLabels": {"app": "x"}}, "jwtRules": []}"#)
+            .is_ok()
+    );
+    assert!(JwtAuthn::from_json(b"").is_ok());
+}
+
+#[test]
+fn jwks_parsing_keeps_valid_keys_only() {
+    let cases: &[(&str, Result<usize, Status>)] = &[
+        ("nope", Err(Status::JwksParseError)),
+        ("{}", Err(Status::JwksNoKeys)),
+        (r#"{"keys": 1}"#, Err(Status::JwksBadKeys)),
+        (r#"{"keys": []}"#, Err(Status::JwksNoValidKeys)),
+        (
+            r#"{"keys": [{"kty": "RSA", "n": "AQAB"}, {"kty": "RSA", "n": "AQAB", "e": "Ag"}, {"kty": "XX"}, 5]}"#,
+            Err(Status::JwksNoValidKeys),
+        ),
+        (
+            r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}, {"kty": "oct"}]}"#,
+            Ok(1),
+        ),
+        (
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}"#,
+            Err(Status::JwksNoValidKeys),
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(Jwks::parse(json).map(|j| j.keys.len()), *want, "{json}");
+    }
+    assert_eq!(
+        Jwks::parse(&jwks_json(DEFAULT_KEYS)).map(|j| j.keys.len()),
+        Ok(6)
+    );
+}
+
+#[test]
+fn sixteen_kib_token_is_just_a_bad_token() {
+    let a = authn(json!({}));
+    let mut c = claims();
+    c["pad"] = json!("x".repeat(16 * 1024));
+    let t = token("HS256", &c);
+    assert!(matches!(run(&a, bearer(&t)), Decision::Allow(_)));
+    let garbage = "A".repeat(16 * 1024);
+    assert_eq!(denied(&run(&a, bearer(&garbage))).map(|d| d.0), Some(401));
+}
