@@ -63,11 +63,11 @@ test: setup build lint compose-check
 
 ## demo: all five filters in one Envoy on localhost:10000, in the foreground
 demo: setup build
-	cargo run --quiet -p host-tests --bin demo
+	cargo run --quiet -p host-tests --no-default-features --bin demo
 
 ## bench: listeners side by side in one Envoy; writes BENCHMARKS.md
 bench: setup build
-	cargo run --release -p host-tests --bin bench -- $(BENCH_ARGS)
+	cargo run --profile tools -p host-tests --no-default-features --bin bench -- $(BENCH_ARGS)
 
 clean:
 	cargo clean

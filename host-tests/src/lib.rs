@@ -15,6 +15,8 @@
 //! panic with a clear message (the no-panic rule is for code that runs in Envoy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod demo;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod envoy;
 pub mod http;
