@@ -59,7 +59,10 @@ compose-check:
 ## test: setup + build + fmt/clippy + every test (core, emulator, real Envoy)
 test: setup build lint compose-check
 	cargo build --release --target $(WASM_TARGET) -p probe
-	cargo test --workspace --no-fail-fast -- --test-threads 2
+	@set -o pipefail; cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test.log; \
+	  status=$$?; \
+	  awk '/^test result:/ {p+=$$4; f+=$$6; s+=$$8} END {printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, s}' $(CARGO_TARGET_DIR)/test.log; \
+	  exit $$status
 
 ## demo: all five filters in one Envoy on localhost:10000, in the foreground
 demo: setup build
