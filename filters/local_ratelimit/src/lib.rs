@@ -1,24 +1,173 @@
-//! meshwasm local_ratelimit filter (pass-through until its issue fills it in).
+//! meshwasm local_ratelimit: Envoy's `LocalRateLimit` as a proxy-wasm filter.
+//!
+//! Glue only: request headers + downstream address → `meshwasm_core::ratelimit`
+//! decides over buckets in shared data (one per Envoy process, like the native
+//! filter) → local reply / pass-through, `X-RateLimit-*` on the response, counters.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use meshwasm_core::host::{CasMismatch, RandomSource, SharedStore, SplitMix64};
+use meshwasm_core::ratelimit::{
+    namespace, AppendAction, BucketId, LocalRateLimit, LocalStore, RequestView, StoreStats, Verdict,
+};
+use meshwasm_glue as glue;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, Status};
 
 const FILTER: &str = "local_ratelimit";
+const BODY: &str = "local_rate_limited";
+/// Per-connection buckets kept per worker; the least recently used connection's
+/// buckets are dropped beyond this (Envoy drops them when the connection closes,
+/// which an HTTP filter is not told).
+const MAX_CONNECTIONS: usize = 4096;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// proxy-wasm shared data (process-wide, compare-and-swap).
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(CasMismatch),
+            // Any other answer: treat as a lost race; the bounded retry decides.
+            Err(_) => Err(CasMismatch),
+        }
+    }
+}
+
+/// Seconds on the host's monotonic clock (Envoy: the dispatcher's steady clock,
+/// the same in every worker), as Envoy's token bucket reads it; wall-clock time
+/// could jump.
+fn now_secs() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "wasi_snapshot_preview1")]
+        extern "C" {
+            fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> u16;
+        }
+        let mut t: u64 = 0;
+        // SAFETY: the host writes one u64 at a valid pointer into our memory.
+        if unsafe { clock_time_get(1, 1, &mut t) } == 0 {
+            return t as f64 / 1e9;
+        }
+    }
+    glue::now_nanos() as f64 / 1e9
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    enabled: glue::Counter,
+    ok: glue::Counter,
+    rate_limited: glue::Counter,
+    enforced: glue::Counter,
+    cas_retries: glue::Counter,
+    cas_exhausted: glue::Counter,
+    dynamic_evictions: glue::Counter,
+}
+
+impl Counters {
+    fn define() -> Counters {
+        let c = |n| glue::Counter::define(FILTER, n);
+        Counters {
+            enabled: c("enabled"),
+            ok: c("ok"),
+            rate_limited: c("rate_limited"),
+            enforced: c("enforced"),
+            cas_retries: c("cas_retries"),
+            cas_exhausted: c("cas_exhausted"),
+            dynamic_evictions: c("dynamic_evictions"),
+        }
+    }
+
+    fn add(&self, s: &StoreStats) {
+        self.cas_retries.add(s.cas_retries);
+        self.cas_exhausted.add(s.cas_exhausted);
+        self.dynamic_evictions.add(s.dynamic_evictions);
+    }
+}
+
+/// Buckets of `local_rate_limit_per_downstream_connection`, per worker VM.
+#[derive(Default)]
+struct Connections {
+    seq: u64,
+    map: HashMap<u64, (u64, Rc<LocalStore>)>,
+}
+
+impl Connections {
+    fn get(&mut self, id: u64) -> Rc<LocalStore> {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(e) = self.map.get_mut(&id) {
+            e.0 = seq;
+            return e.1.clone();
+        }
+        if self.map.len() >= MAX_CONNECTIONS {
+            if let Some(old) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (s, _))| *s)
+                .map(|(k, _)| *k)
+            {
+                self.map.remove(&old);
+            }
+        }
+        let store = Rc::new(LocalStore::default());
+        self.map.insert(id, (seq, store.clone()));
+        store
+    }
+}
+
+struct Shared {
+    cfg: LocalRateLimit,
+    ns: String,
+    counters: Counters,
+    rng: RefCell<SplitMix64>,
+    connections: RefCell<Connections>,
+}
+
 #[derive(Default)]
 struct Root {
-    requests: meshwasm_glue::Counter,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.requests = meshwasm_glue::Counter::define(FILTER, "requests");
+        let bytes = glue::plugin_config().unwrap_or_default();
+        let cfg = match LocalRateLimit::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                glue::log_error(&format!("{FILTER}: {e}"));
+                return false;
+            }
+        };
+        let name = glue::property_string(&["plugin_name"]).unwrap_or_default();
+        let root_id = glue::property_string(&["plugin_root_id"]).unwrap_or_default();
+        let ns = namespace(&name, &root_id, &bytes);
+        if !cfg.per_connection {
+            cfg.init_store(&HostStore, &ns, now_secs());
+        }
+        let seed = glue::now_nanos() ^ ((self as *const Root as usize as u64) << 32);
+        self.shared = Some(Rc::new(Shared {
+            cfg,
+            ns,
+            counters: Counters::define(),
+            rng: RefCell::new(SplitMix64::new(seed)),
+            connections: RefCell::new(Connections::default()),
+        }));
         true
     }
 
@@ -27,19 +176,151 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { requests: self.requests }))
+        Some(Box::new(Http {
+            shared: self.shared.clone(),
+            bucket: None,
+            store: None,
+        }))
     }
 }
 
 struct Http {
-    requests: meshwasm_glue::Counter,
+    shared: Option<Rc<Shared>>,
+    /// The bucket the `X-RateLimit-*` headers describe.
+    bucket: Option<BucketId>,
+    /// Per-connection store, when configured.
+    store: Option<Rc<LocalStore>>,
 }
 
 impl Context for Http {}
 
+fn is_grpc(headers: &[(String, Vec<u8>)]) -> bool {
+    headers.iter().any(|(n, v)| {
+        n == "content-type"
+            && (v.as_slice() == b"application/grpc"
+                || v.starts_with(b"application/grpc+")
+                || v.starts_with(b"application/grpc;"))
+    })
+}
+
+fn remote_ip() -> Option<IpAddr> {
+    let s = glue::property_string(&["source", "address"])?;
+    s.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok())
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.requests.inc();
+        let Some(sh) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let cfg = &sh.cfg;
+        let rolls = {
+            let mut r = sh.rng.borrow_mut();
+            (r.next_u64(), r.next_u64())
+        };
+        if !cfg.enabled(rolls.0) {
+            return Action::Continue;
+        }
+        sh.counters.enabled.inc();
+        let headers = glue::request_headers();
+        let ip = if cfg.has_descriptors() {
+            remote_ip()
+        } else {
+            None
+        };
+        let req = RequestView {
+            headers: &headers,
+            remote_ip: ip,
+        };
+        if cfg.per_connection {
+            let id = glue::property_u64(&["connection_id"]).unwrap_or(0);
+            self.store = Some(sh.connections.borrow_mut().get(id));
+        }
+        let mut stats = StoreStats::default();
+        let (verdict, bucket) = match &self.store {
+            Some(s) => cfg.decide(s.as_ref(), &sh.ns, now_secs(), &req, rolls, &mut stats),
+            None => cfg.decide(&HostStore, &sh.ns, now_secs(), &req, rolls, &mut stats),
+        };
+        sh.counters.add(&stats);
+        self.bucket = bucket;
+        match verdict {
+            Verdict::Disabled => Action::Continue,
+            Verdict::Allowed => {
+                sh.counters.ok.inc();
+                Action::Continue
+            }
+            Verdict::LimitedNotEnforced => {
+                sh.counters.rate_limited.inc();
+                for h in &cfg.request_headers_to_add_when_not_enforced {
+                    if h.value.is_empty() && !h.keep_empty_value {
+                        continue;
+                    }
+                    let exists = glue::request_header(&h.name).is_some();
+                    match h.action {
+                        AppendAction::AppendIfExistsOrAdd => {
+                            glue::add_request_header(&h.name, h.value.as_bytes())
+                        }
+                        AppendAction::AddIfAbsent if !exists => {
+                            glue::add_request_header(&h.name, h.value.as_bytes())
+                        }
+                        AppendAction::OverwriteIfExistsOrAdd => {
+                            glue::set_request_header(&h.name, Some(h.value.as_bytes()))
+                        }
+                        AppendAction::OverwriteIfExists if exists => {
+                            glue::set_request_header(&h.name, Some(h.value.as_bytes()))
+                        }
+                        _ => {}
+                    }
+                }
+                Action::Continue
+            }
+            Verdict::Limited => {
+                sh.counters.rate_limited.inc();
+                sh.counters.enforced.inc();
+                // The reply headers are new, so every action but "overwrite if
+                // exists" adds the header.
+                let extra: Vec<(&str, &str)> = cfg
+                    .response_headers_to_add
+                    .iter()
+                    .filter(|h| h.action != AppendAction::OverwriteIfExists)
+                    .filter(|h| !h.value.is_empty() || h.keep_empty_value)
+                    .map(|h| (h.name.as_str(), h.value.as_str()))
+                    .collect();
+                if cfg.rate_limited_as_resource_exhausted && is_grpc(&headers) {
+                    // RESOURCE_EXHAUSTED (8) instead of the UNAVAILABLE Envoy maps 429 to.
+                    let _ = hostcalls::send_grpc_response(
+                        proxy_wasm::types::GrpcStatusCode::ResourceExhausted,
+                        Some(BODY),
+                        extra.iter().map(|(n, v)| (*n, v.as_bytes())).collect(),
+                    );
+                } else {
+                    glue::send_local_reply(cfg.status, &extra, BODY.as_bytes());
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(sh), Some(bucket)) = (self.shared.clone(), self.bucket) else {
+            return Action::Continue;
+        };
+        if !sh.cfg.x_ratelimit_headers {
+            return Action::Continue;
+        }
+        let now = now_secs();
+        let values = match &self.store {
+            Some(s) => sh.cfg.x_ratelimit(s.as_ref(), &sh.ns, now, bucket),
+            None => sh.cfg.x_ratelimit(&HostStore, &sh.ns, now, bucket),
+        };
+        if let Some((limit, remaining, reset)) = values {
+            glue::add_response_header("x-ratelimit-limit", limit.to_string().as_bytes());
+            glue::add_response_header("x-ratelimit-remaining", remaining.to_string().as_bytes());
+            glue::add_response_header("x-ratelimit-reset", reset.to_string().as_bytes());
+        }
         Action::Continue
     }
 }

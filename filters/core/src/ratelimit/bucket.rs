@@ -92,15 +92,17 @@ impl TokenBucket {
         (self.tokens(empty_at, now) + 1e-9).max(0.0).floor() as u64
     }
 
-    /// `X-RateLimit-Reset`: whole seconds until the next token (0 while one is
-    /// available); Envoy computes milliseconds rounded up, then divides by 1000.
+    /// `X-RateLimit-Reset`: seconds until the next token, rounded up (0 while
+    /// one is available). Observed on Envoy 1.40: 0.2 tokens/s, empty → 5; with
+    /// 2 tokens/s, empty → 1 (a fraction of a second rounds up).
     pub fn reset_seconds(&self, empty_at: f64, now: f64) -> u64 {
         let t = self.tokens(empty_at, now) + 1e-9;
         if t >= 1.0 {
             return 0;
         }
+        // Whole milliseconds first (Envoy's duration), then seconds rounded up.
         let ms = ((1.0 - t) / self.fill_rate * 1000.0).ceil();
-        (ms as u64) / 1000
+        (ms / 1000.0).ceil() as u64
     }
 }
 

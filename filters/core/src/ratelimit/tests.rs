@@ -224,6 +224,15 @@ fn x_ratelimit_values_match_native() {
     assert_eq!((b.remaining(e, t0), b.reset_seconds(e, t0)), (0, 5));
     assert_eq!(b.reset_seconds(e, t0 + 3.0), 2);
     assert_eq!(b.remaining(e, t0 + 5.0), 1);
+    // 2 tokens/s, empty: under a second to the next token rounds up to 1.
+    let b = TokenBucket::new(3, 2, std::time::Duration::from_secs(1));
+    let mut e = b.full_at(t0);
+    for _ in 0..3 {
+        e = b.try_consume(e, t0).unwrap();
+    }
+    assert_eq!(b.reset_seconds(e, t0), 1);
+    assert_eq!(b.reset_seconds(e, t0 + 0.4), 1);
+    assert_eq!(b.reset_seconds(e, t0 + 0.5), 0);
 }
 
 // ------------------------------------------------------------------ descriptors
