@@ -189,6 +189,17 @@ pub fn sign_raw(key: Key, alg: &str, signing_input: &[u8]) -> Vec<u8> {
     }
 }
 
+/// HMAC-SHA256, for tests that forge tokens with a chosen secret (key confusion).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    Hmac::<Sha256>::new_from_slice(key)
+        .map(|mut m| {
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        })
+        .unwrap_or_default()
+}
+
 /// A compact JWT with exactly this header and payload, signed by `key`.
 pub fn sign(key: Key, header: &Value, claims: &Value) -> String {
     let input = format!(
