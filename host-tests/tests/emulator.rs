@@ -302,6 +302,30 @@ fn local_reply_is_captured_and_forces_a_stop() {
 }
 
 #[test]
+fn local_reply_from_the_response_phase_replaces_the_response() {
+    let world = World::new();
+    let mut vm = probe(&world, VmConfig::default());
+    let (s, a) = request(&mut vm, &[("x-probe-response", "local-reply")]);
+    assert_eq!(a, Action::Continue);
+    let a = vm
+        .response_headers(s, &[(":status", "200"), ("x-upstream", "1")], false)
+        .unwrap();
+    assert_eq!(a, Action::Pause);
+    assert_eq!(vm.local_reply(s).unwrap().status, 418);
+    assert!(!vm.stream_state(s).reset, "headers were not downstream yet");
+    assert_eq!(vm.stream_state(s).response, Flow::Stopped);
+    assert_eq!(vm.response_header(s, ":status").as_deref(), Some("418"));
+    assert_eq!(vm.response_header(s, "x-upstream"), None);
+    assert_eq!(vm.response_body_now(s), b"probe says no");
+    // The upstream body never passes.
+    assert_eq!(
+        vm.response_body(s, b"upstream", true).unwrap(),
+        Action::Pause
+    );
+    assert_eq!(vm.response_body_now(s), b"probe says no");
+}
+
+#[test]
 fn shared_data_cas_between_two_vms() {
     let world = World::new();
     let mut a = probe(&world, VmConfig::default());
@@ -596,6 +620,44 @@ fn properties_and_filter_state_round_trip() {
         resp[1],
         format!("get-prop-hex={}", "f701000000000000"),
         "response.code as 8-byte LE i64"
+    );
+}
+
+#[test]
+fn struct_properties_are_walked_like_envoy() {
+    let world = World::new();
+    let mut vm = probe(&world, VmConfig::default());
+    let s = vm.new_stream();
+    let payload =
+        serde_json::json!({"iss": "https://issuer", "sub": "alice", "exp": 2.5, "aud": ["a", "b"]});
+    vm.set_property(
+        s,
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.filters.http.jwt_authn",
+            "payload",
+        ],
+        host_tests::emulator::abi::encode_struct(&payload),
+    );
+    let p = "get-prop:metadata/filter_metadata/envoy.filters.http.jwt_authn/payload";
+    let spec = format!("{p}/sub,{p}/aud/1,{p}/nope,get-prop-hex:metadata/filter_metadata/envoy.filters.http.jwt_authn/payload/exp");
+    vm.request_headers(s, &base(&[("x-probe", &spec)]), true)
+        .unwrap();
+    let all = vm.request_header_values(s, "x-probe-result");
+    let hex: String = 2.5f64
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "get-prop=alice".to_string(),
+            "get-prop=b".to_string(),
+            "get-prop=none".to_string(),
+            format!("get-prop-hex={hex}"),
+        ]
     );
 }
 

@@ -99,6 +99,59 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     Some(out)
 }
 
+/// A JSON value in Envoy's property encoding of a `google.protobuf.Struct` value
+/// (reference §1.2): strings raw, numbers 8-byte LE f64, bools 1 byte, objects in the
+/// pairs encoding (nested values serialized into the value slot), lists as pairs with
+/// the elements in the key slots and empty values; null gives empty bytes. Use it to
+/// set e.g. `metadata.filter_metadata.envoy.filters.http.jwt_authn.<payload>`.
+pub fn encode_struct(v: &serde_json::Value) -> Vec<u8> {
+    use serde_json::Value;
+    match v {
+        Value::Null => Vec::new(),
+        Value::Bool(b) => vec![*b as u8],
+        Value::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
+        Value::String(s) => s.as_bytes().to_vec(),
+        Value::Array(items) => encode_pairs(
+            &items
+                .iter()
+                .map(|i| {
+                    (
+                        String::from_utf8_lossy(&encode_struct(i)).into_owned(),
+                        Vec::new(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Value::Object(m) => encode_pairs(
+            &m.iter()
+                .map(|(k, v)| (k.clone(), encode_struct(v)))
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// Walks `rest` into a pairs-encoded value (a map by key, a list by decimal index),
+/// as Envoy walks deeper path segments; `None` when a step does not resolve.
+pub fn descend(value: &[u8], rest: &[String]) -> Option<Vec<u8>> {
+    let mut cur = value.to_vec();
+    for seg in rest {
+        let pairs = decode_pairs(&cur)?;
+        let by_key = pairs.iter().find(|(k, _)| k == seg).map(|(_, v)| v.clone());
+        cur = match by_key {
+            Some(v) => v,
+            None => {
+                let i: usize = seg.parse().ok()?;
+                let (k, v) = pairs.get(i)?;
+                if !v.is_empty() {
+                    return None;
+                }
+                k.clone().into_bytes()
+            }
+        };
+    }
+    Some(cur)
+}
+
 /// Splits a `\0`-joined property path (the SDK drops the trailing NUL; accept both).
 pub fn split_path(raw: &[u8]) -> Vec<String> {
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
@@ -200,6 +253,19 @@ mod tests {
         assert_eq!(decode_pairs(&encode_pairs(&m)).unwrap(), m);
         assert_eq!(decode_pairs(&[]).unwrap(), Vec::new());
         assert!(decode_pairs(&[1, 0, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn struct_encoding_and_descent() {
+        let v = serde_json::json!({"sub": "alice", "exp": 2.0, "ok": true, "aud": ["a", "b"], "n": {"x": "y"}});
+        let enc = encode_struct(&v);
+        let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(descend(&enc, &p(&["sub"])).unwrap(), b"alice");
+        assert_eq!(descend(&enc, &p(&["exp"])).unwrap(), 2.0f64.to_le_bytes());
+        assert_eq!(descend(&enc, &p(&["ok"])).unwrap(), [1]);
+        assert_eq!(descend(&enc, &p(&["aud", "1"])).unwrap(), b"b");
+        assert_eq!(descend(&enc, &p(&["n", "x"])).unwrap(), b"y");
+        assert_eq!(descend(&enc, &p(&["missing"])), None);
     }
 
     #[test]

@@ -323,6 +323,12 @@ impl Host {
         if let Some(v) = s.props.get(path) {
             return Ok(v.clone());
         }
+        // A deeper path under a map/list value the test set: walk into it.
+        for cut in (1..path.len()).rev() {
+            if let Some(v) = s.props.get(&path[..cut]) {
+                return super::abi::descend(v, &path[cut..]).ok_or(Status::NotFound);
+            }
+        }
         const TOKENS: [&str; 10] = [
             "request",
             "response",

@@ -167,6 +167,46 @@ fn http_to_grpc(status: u32) -> i32 {
     }
 }
 
+/// The response Envoy's `sendLocalReply` builds (`prepareLocalReply`): `:status`, the
+/// filter's headers appended, `content-type: text/plain` if none and a body,
+/// `content-length`; no body → no content-type/length. gRPC requests get a
+/// trailers-only 200 with `grpc-status` (given, else mapped from the HTTP status) and
+/// the body percent-encoded in `grpc-message`.
+fn reply_message(reply: &LocalReply, grpc: bool) -> (HeaderMap, Vec<u8>) {
+    let mut headers: HeaderMap = Vec::new();
+    let mut body = reply.body.clone();
+    let extra = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()));
+    if grpc {
+        let code = reply
+            .grpc_status
+            .filter(|c| (0..=16).contains(c))
+            .unwrap_or_else(|| http_to_grpc(reply.status));
+        headers.push((":status".into(), b"200".to_vec()));
+        headers.push(("content-type".into(), b"application/grpc".to_vec()));
+        headers.push(("grpc-status".into(), code.to_string().into_bytes()));
+        if !body.is_empty() {
+            headers.push(("grpc-message".into(), percent_encode(&body).into_bytes()));
+        }
+        headers.extend(extra);
+        body.clear();
+    } else {
+        headers.push((":status".into(), reply.status.to_string().into_bytes()));
+        headers.extend(extra);
+        if body.is_empty() {
+            headers.retain(|(k, _)| k != "content-length" && k != "content-type");
+        } else {
+            if !headers.iter().any(|(k, _)| k == "content-type") {
+                headers.push(("content-type".into(), b"text/plain".to_vec()));
+            }
+            headers.push(("content-length".into(), body.len().to_string().into_bytes()));
+        }
+    }
+    (headers, body)
+}
+
 fn percent_encode(body: &[u8]) -> String {
     let mut out = String::new();
     for b in body {
@@ -483,6 +523,8 @@ impl Vm {
             d.headers = map;
             d.headers_received = true;
             d.headers_live = true;
+            // Started: a local reply sent from this callback must see that.
+            d.flow = Flow::Paused;
         }
         let name = if dir == Dir::Req {
             "proxy_on_request_headers"
@@ -724,7 +766,8 @@ impl Vm {
     /// the reply goes through this filter's encoder callbacks like any response
     /// (`on_http_response_headers`/`_body` run for it, reference §6.1).
     fn apply_local_reply(&mut self, s: StreamId, reply: LocalReply) -> anyhow::Result<()> {
-        if !self.stream(s).alive {
+        if !self.stream(s).alive || self.stream(s).local_reply.is_some() {
+            // Envoy sends one local reply per stream; a second request is ignored.
             return Ok(());
         }
         let grpc = values(&self.stream(s).req.headers, "content-type")
@@ -740,45 +783,23 @@ impl Vm {
             st.req.queued_body = None;
             st.req.queued_trailers = None;
         }
+        let (headers, body) = reply_message(&reply, grpc);
         if response_started {
-            // Headers may already be downstream: Envoy resets the stream instead.
             let st = self.stream_mut(s);
             if st.resp.flow == Flow::Continued {
+                // The response headers are already downstream: Envoy resets the stream.
                 st.reset = true;
+            } else {
+                // From a response callback before the headers went downstream: Envoy
+                // sends the reply directly, without running the encoder filters again.
+                st.resp.headers = headers;
+                st.resp.headers_live = false;
+                st.resp.body_buf.clear();
+                st.resp.body_visible = false;
+                st.resp.forwarded_body = body;
             }
             st.resp.flow = Flow::Stopped;
             return Ok(());
-        }
-        let mut headers: HeaderMap = Vec::new();
-        let mut body = reply.body.clone();
-        let extra = reply
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()));
-        if grpc {
-            let code = reply
-                .grpc_status
-                .filter(|c| (0..=16).contains(c))
-                .unwrap_or_else(|| http_to_grpc(reply.status));
-            headers.push((":status".into(), b"200".to_vec()));
-            headers.push(("content-type".into(), b"application/grpc".to_vec()));
-            headers.push(("grpc-status".into(), code.to_string().into_bytes()));
-            if !body.is_empty() {
-                headers.push(("grpc-message".into(), percent_encode(&body).into_bytes()));
-            }
-            headers.extend(extra);
-            body.clear();
-        } else {
-            headers.push((":status".into(), reply.status.to_string().into_bytes()));
-            headers.extend(extra);
-            if body.is_empty() {
-                headers.retain(|(k, _)| k != "content-length" && k != "content-type");
-            } else {
-                if !headers.iter().any(|(k, _)| k == "content-type") {
-                    headers.push(("content-type".into(), b"text/plain".to_vec()));
-                }
-                headers.push(("content-length".into(), body.len().to_string().into_bytes()));
-            }
         }
         let eos = body.is_empty();
         self.headers_for_local_reply(s, headers, eos)?;

@@ -35,7 +35,8 @@ pub(crate) struct WorldState {
 /// Keyed by the module's bytes and the engine's compatibility hash.
 fn compiled(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    static CACHE: OnceLock<(Engine, Mutex<HashMap<u64, Module>>)> = OnceLock::new();
+    type Slot = Arc<Mutex<Option<Module>>>;
+    static CACHE: OnceLock<(Engine, Mutex<HashMap<u64, Slot>>)> = OnceLock::new();
     let (engine, modules) = CACHE.get_or_init(|| {
         let mut config = wasmtime::Config::new();
         // Tests run short; compile time dominates, so skip cranelift's optimizations.
@@ -53,8 +54,15 @@ fn compiled(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
     bytes.hash(&mut h);
     engine.precompile_compatibility_hash().hash(&mut h);
     let key = h.finish();
-    let mut modules = modules.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = modules.get(&key) {
+    // One slot per module: loads of other modules don't wait for this compile.
+    let slot = modules
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = slot.as_ref() {
         return Ok((engine.clone(), m.clone()));
     }
     let dir = crate::paths::target_dir().join("emulator-cache");
@@ -80,7 +88,7 @@ fn compiled(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
             m
         }
     };
-    modules.insert(key, m.clone());
+    *slot = Some(m.clone());
     Ok((engine.clone(), m))
 }
 
