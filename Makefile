@@ -75,3 +75,22 @@ bench: setup build
 clean:
 	cargo clean
 	rm -rf $(DIST) .apt-stamp
+
+## images: an OCI image layout per filter in $(DIST)/images/<filter> (Istio's Wasm compat format)
+IMAGES_DIR ?= $(DIST)/images
+TAG        ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+MESHWASM   := $(CARGO_TARGET_DIR)/debug/meshwasm
+.PHONY: images push
+images: build
+	cargo build -p meshwasm-cli
+	@mkdir -p $(IMAGES_DIR)
+	@for f in $(FILTERS); do \
+	  d=$$($(MESHWASM) image build $$f --wasm $(DIST)/$$f.wasm -o $(IMAGES_DIR)/$$f --version $(TAG)) || exit 1; \
+	  echo "$$f: $(IMAGES_DIR)/$$f $$d"; done
+
+## push: make push REGISTRY=host:port/namespace [TAG=x] [PUSH_FLAGS=--insecure]; prints each digest
+push: images
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/namespace [TAG=$(TAG)] [PUSH_FLAGS=--insecure]" >&2; exit 2; }
+	@for f in $(FILTERS); do \
+	  d=$$($(MESHWASM) image push $(IMAGES_DIR)/$$f $(REGISTRY)/$$f:$(TAG) $(PUSH_FLAGS)) || exit 1; \
+	  echo "$(REGISTRY)/$$f:$(TAG)@$$d"; done

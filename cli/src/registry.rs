@@ -35,6 +35,9 @@ impl Access {
     }
 
     fn client(&self, reference: &Reference) -> Client {
+        // The TLS stack is rustls with the ring provider (see Cargo.toml); it
+        // must be installed before the first HTTP client is built.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let protocol = if self.insecure {
             ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
         } else {
@@ -57,8 +60,6 @@ pub fn parse_reference(s: &str) -> Result<Reference, CliError> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    // The TLS stack is rustls with the ring provider (see Cargo.toml).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,6 +78,21 @@ fn classify(reference: &Reference, e: OciDistributionError) -> CliError {
                 src = s.source();
             }
             CliError::Unreachable { registry, detail }
+        }
+        OciDistributionError::RequestError(ref re)
+            if matches!(re.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+        {
+            CliError::Unauthorized {
+                registry,
+                detail: e.to_string(),
+            }
+        }
+        OciDistributionError::RequestError(ref re)
+            if re.status().map(|s| s.as_u16()) == Some(404) =>
+        {
+            CliError::NotFound {
+                reference: reference.whole(),
+            }
         }
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => CliError::Unauthorized {

@@ -80,14 +80,20 @@ fn push_inspect_copy_pull_and_enforce_in_envoy() {
     assert_eq!(code, 0, "{err}");
     let info: Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["Digest"], built);
-    let layers = info["LayersData"].as_array().unwrap();
+    // skopeo 1.9 (Debian bookworm) lists layer digests in `Layers`.
+    let layers = info["Layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{info}"));
     assert_eq!(layers.len(), 1, "{info}");
+    assert_eq!(layers[0], manifest["layers"][0]["digest"]);
+    assert_eq!(info["Architecture"], "wasm", "{info}");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
     assert_eq!(
-        layers[0]["MIMEType"],
+        manifest["layers"][0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar+gzip"
     );
     assert_eq!(
-        layers[0]["Annotations"]["org.opencontainers.image.title"],
+        manifest["layers"][0]["annotations"]["org.opencontainers.image.title"],
         "plugin.wasm"
     );
 
