@@ -89,6 +89,73 @@ fn plugin_config_is_readable_only_in_on_configure() {
 }
 
 #[test]
+fn envoy_call_order() {
+    let world = World::new();
+    let mut vm = probe(&world, VmConfig::new("a=1").cluster("backend"));
+    let (s, _) = request(&mut vm, &[("x-probe", "callout:backend")]);
+    let token = vm.pending_http_calls()[0].token;
+    vm.respond_http_call(token, &[(":status", "200")], b"pong")
+        .unwrap();
+    vm.response_headers(s, &[(":status", "200")], true).unwrap();
+    vm.finish(s).unwrap();
+    let calls: Vec<(String, Vec<i64>)> = vm
+        .calls()
+        .iter()
+        .map(|c| (c.name.clone(), c.args.clone()))
+        .collect();
+    let t = token as i64;
+    let expected: Vec<(&str, Vec<i64>)> = vec![
+        ("_initialize", vec![]),
+        ("proxy_on_context_create", vec![1, 0]),
+        ("proxy_on_vm_start", vec![1, 0]),
+        ("proxy_on_configure", vec![1, 3]),
+        ("proxy_on_context_create", vec![2, 1]),
+        ("proxy_on_request_headers", vec![2, 5, 1]),
+        // The callout's response goes to the root context, with the token.
+        ("proxy_on_http_call_response", vec![1, t, 1, 4, 0]),
+        ("proxy_on_response_headers", vec![2, 1, 1]),
+        ("proxy_on_log", vec![2]),
+        ("proxy_on_done", vec![2]),
+        ("proxy_on_delete", vec![2]),
+    ];
+    let expected: Vec<(String, Vec<i64>)> = expected
+        .into_iter()
+        .map(|(n, a)| (n.to_string(), a))
+        .collect();
+    assert_eq!(calls, expected);
+}
+
+#[test]
+fn header_map_operations() {
+    let world = World::new();
+    let mut vm = probe(&world, VmConfig::default());
+    let (s, _) = request(
+        &mut vm,
+        &[
+            ("x-dup", "1"),
+            ("x-dup", "2"),
+            ("x-gone", "g"),
+            ("x-probe", "set-req:x-dup=3,del-req:x-gone,get-all"),
+        ],
+    );
+    assert_eq!(
+        vm.request_header_values(s, "x-dup"),
+        ["3"],
+        "replace keeps one value"
+    );
+    assert_eq!(vm.request_header(s, "x-gone"), None);
+    assert_eq!(result(&vm, s, "get-all"), "Ok(6)");
+    let (s, _) = request(&mut vm, &[("x-probe", "replace-all")]);
+    let now = vm.request_headers_now(s);
+    let names: Vec<&str> = now.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [":method", ":path", ":authority", "x-only", "x-probe-result"]
+    );
+    assert_eq!(vm.request_header(s, ":path").as_deref(), Some("/new"));
+}
+
+#[test]
 fn refused_configuration_is_reported() {
     let world = World::new();
     let vm = world.load(&probe_wasm(), VmConfig::new("fail=1")).unwrap();

@@ -380,6 +380,22 @@ impl ProbeHttp {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v));
                 ("ok".to_string(), false)
             }
+            "replace-all" => {
+                let map = vec![
+                    (":method", "POST"),
+                    (":path", "/new"),
+                    (":authority", "z"),
+                    ("x-only", "1"),
+                ];
+                (
+                    format!("{:?}", hostcalls::set_map(MapType::HttpRequestHeaders, map)),
+                    false,
+                )
+            }
+            "get-all" => {
+                let n = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).map(|m| m.len());
+                (format!("{n:?}"), false)
+            }
             "del-req" => {
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, arg);
                 ("ok".to_string(), false)

@@ -108,7 +108,7 @@ pub mod world;
 
 pub use abi::Status;
 pub use shared::{MetricKind, SharedData};
-pub use state::{Flow, HttpCall, LocalReply, LogEntry};
+pub use state::{Flow, HttpCall, LocalReply, LogEntry, VmCall};
 pub use vm::{Action, StreamId, StreamState, Vm, VmConfig};
 pub use world::World;
 

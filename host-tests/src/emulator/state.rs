@@ -76,6 +76,13 @@ impl HttpCall {
     }
 }
 
+/// One host→VM entry: the export called and its arguments (as unsigned i32s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmCall {
+    pub name: String,
+    pub args: Vec<i64>,
+}
+
 /// One `proxy_log` (or WASI stdout/stderr) line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -176,6 +183,7 @@ pub(crate) struct Host {
     pub rng: u64,
     pub deferred: Vec<Deferred>,
     pub fd_lines: [Vec<u8>; 3],
+    pub calls: Vec<VmCall>,
 }
 
 impl Host {
@@ -204,6 +212,7 @@ impl Host {
             rng,
             deferred: Vec::new(),
             fd_lines: [Vec::new(), Vec::new(), Vec::new()],
+            calls: Vec::new(),
         }
     }
 

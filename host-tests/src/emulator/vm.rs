@@ -6,7 +6,9 @@ use wasmtime::{Func, Instance, Module, Store, Val};
 
 use super::abi::{stream_type, Guest, HeaderMap, Status};
 use super::hostcalls;
-use super::state::{CallResponse, Deferred, Flow, Host, HttpCall, LocalReply, LogEntry, Stream};
+use super::state::{
+    CallResponse, Deferred, Flow, Host, HttpCall, LocalReply, LogEntry, Stream, VmCall,
+};
 use super::world::World;
 
 /// How a VM is configured, as Envoy's `PluginConfig` + `VmConfig` would.
@@ -290,6 +292,13 @@ impl Vm {
         let mut results = vec![Val::I32(0); n];
         {
             let h = self.store.data_mut();
+            h.calls.push(VmCall {
+                name: name.to_string(),
+                args: args
+                    .iter()
+                    .map(|a| a.i32().map_or(0, |x| x as u32 as i64))
+                    .collect(),
+            });
             h.current = ctx;
             h.effective = ctx;
         }
@@ -1068,6 +1077,12 @@ impl Vm {
 
     pub fn clear_logs(&mut self) {
         self.store.data_mut().logs.clear();
+    }
+
+    /// Every host→VM entry so far (export name and arguments), in order: Envoy's call
+    /// order made visible.
+    pub fn calls(&self) -> &[VmCall] {
+        &self.host().calls
     }
 
     /// How many `define_metric` calls this VM made (Envoy allocates per call: a
