@@ -160,6 +160,7 @@ impl RootContext for Root {
         if !cfg.per_connection {
             cfg.init_store(&HostStore, &ns, now_secs());
         }
+        glue::log_debug(&format!("{FILTER}: shared data keys under {ns}/"));
         let seed = glue::now_nanos() ^ ((self as *const Root as usize as u64) << 32);
         self.shared = Some(Rc::new(Shared {
             cfg,
