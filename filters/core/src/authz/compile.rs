@@ -185,7 +185,6 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         allow_shadow,
         needs,
         jwt_payload_in_metadata: cfg.jwt_payload_in_metadata.clone(),
-        use_remote_address: cfg.use_remote_address,
     })
 }
 

@@ -26,12 +26,6 @@ pub struct AuthzConfig {
     /// jwt_authn put the payload (`payload_in_metadata`); istiod uses `payload`.
     #[serde(default = "default_payload_key")]
     pub jwt_payload_in_metadata: String,
-    /// The HTTP connection manager's `use_remote_address`. When true (Istio
-    /// gateways), Envoy appended the direct peer to `x-forwarded-for`, which is
-    /// how `ipBlocks`/`source.ip` see the direct peer while `source.address`
-    /// carries the trusted client address for `remoteIpBlocks`.
-    #[serde(default = "default_true")]
-    pub use_remote_address: bool,
 }
 
 fn default_trust_domain() -> String {
@@ -39,9 +33,6 @@ fn default_trust_domain() -> String {
 }
 fn default_payload_key() -> String {
     "payload".to_string()
-}
-fn default_true() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

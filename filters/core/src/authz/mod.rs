@@ -10,6 +10,7 @@
 
 mod compile;
 pub mod config;
+pub mod ext_authz;
 pub mod matchers;
 pub mod metadata;
 
@@ -23,16 +24,17 @@ use serde_json::Value;
 use crate::config::{from_json, ConfigError};
 pub use compile::ExtAuthzSettings;
 pub use config::{Action, AuthzConfig};
+pub use ext_authz::ExtAuthzOutcome;
 use matchers::{Cidr, StrMatch};
 
 /// Everything a policy may look at, fetched lazily by the host glue (each
 /// accessor may cost a hostcall, so only what compiled policies need is asked).
 pub trait RequestAttrs {
-    /// A request header (lower-case name, pseudo-headers included), all values
-    /// joined with `,` as Envoy's header matcher sees them. `Some("")` for a
-    /// header present with an empty value.
-    fn header(&mut self, name: &str) -> Option<&str>;
-    /// The direct peer (Envoy `direct_remote_ip`).
+    /// Every value of a request header (lower-case name, pseudo-headers
+    /// included), in order; `None` when absent, `[""]` for an empty value.
+    fn header(&mut self, name: &str) -> Option<&[String]>;
+    /// The direct peer (Envoy `direct_remote_ip`); None when the host cannot
+    /// tell (see docs: the remote address came from `x-forwarded-for`).
     fn direct_ip(&mut self) -> Option<IpAddr>;
     /// The trusted client address (Envoy `remote_ip`, XFF/PROXY-adjusted).
     fn remote_ip(&mut self) -> Option<IpAddr>;
@@ -159,10 +161,20 @@ impl Leaf {
             } => match (req.header(name), m) {
                 (None, _) => false,
                 (Some(_), None) => true,
-                (Some(v), Some(m)) if *ignore_case => m.matches_ignore_case(v),
-                (Some(v), Some(m)) => m.matches(v),
+                (Some(values), Some(m)) => {
+                    let one = |v: &str| {
+                        if *ignore_case {
+                            m.matches_ignore_case(v)
+                        } else {
+                            m.matches(v)
+                        }
+                    };
+                    // Envoy 1.40 matches a repeated header value by value (a twin
+                    // test shows `x: a` + `x: b` does not match exact `a,b`).
+                    values.iter().any(|v| one(v))
+                }
             },
-            Leaf::Path(m) => match req.header(":path") {
+            Leaf::Path(m) => match req.header(":path").and_then(|v| v.first()) {
                 Some(p) => m.matches(strip_query(p)),
                 None => false,
             },
@@ -244,7 +256,6 @@ pub struct Authz {
     pub(crate) allow_shadow: Option<Engine>,
     pub needs: Needs,
     pub jwt_payload_in_metadata: String,
-    pub use_remote_address: bool,
 }
 
 /// The result of one dry-run (shadow) engine.
@@ -300,6 +311,11 @@ impl Authz {
     pub fn check_custom(&self, req: &mut dyn RequestAttrs) -> Option<(&ExtAuthzSettings, String)> {
         let (engine, settings) = self.custom.as_ref()?;
         engine.first_match(req).map(|id| (settings, id.to_string()))
+    }
+
+    /// The CUSTOM provider, when any CUSTOM policy exists.
+    pub fn custom_settings(&self) -> Option<&ExtAuthzSettings> {
+        self.custom.as_ref().map(|(_, s)| s)
     }
 
     pub fn has_custom(&self) -> bool {

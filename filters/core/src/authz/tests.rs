@@ -11,7 +11,7 @@ use super::*;
 /// A request as the glue would present it.
 #[derive(Debug, Clone, Default)]
 struct Req {
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, Vec<String>>,
     direct: Option<IpAddr>,
     remote: Option<IpAddr>,
     dest: Option<IpAddr>,
@@ -23,8 +23,8 @@ struct Req {
 }
 
 impl RequestAttrs for Req {
-    fn header(&mut self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
+    fn header(&mut self, name: &str) -> Option<&[String]> {
+        self.headers.get(name).map(Vec::as_slice)
     }
     fn direct_ip(&mut self) -> Option<IpAddr> {
         self.direct
@@ -58,9 +58,10 @@ fn get(path: &str) -> Req {
 
 fn req(method: &str, path: &str) -> Req {
     let mut r = Req::default();
-    r.headers.insert(":method".into(), method.into());
-    r.headers.insert(":path".into(), path.into());
-    r.headers.insert(":authority".into(), "example.com".into());
+    r.headers.insert(":method".into(), vec![method.into()]);
+    r.headers.insert(":path".into(), vec![path.into()]);
+    r.headers
+        .insert(":authority".into(), vec!["example.com".into()]);
     r.direct = Some("10.0.0.1".parse().unwrap());
     r.remote = Some("10.0.0.1".parse().unwrap());
     r.dest = Some("10.0.0.100".parse().unwrap());
@@ -69,8 +70,16 @@ fn req(method: &str, path: &str) -> Req {
 }
 
 impl Req {
+    /// Sets a header (replacing); `hh` adds a repeated value.
     fn h(mut self, k: &str, v: &str) -> Req {
-        self.headers.insert(k.to_ascii_lowercase(), v.into());
+        self.headers.insert(k.to_ascii_lowercase(), vec![v.into()]);
+        self
+    }
+    fn hh(mut self, k: &str, v: &str) -> Req {
+        self.headers
+            .entry(k.to_ascii_lowercase())
+            .or_default()
+            .push(v.into());
         self
     }
     fn peer(mut self, spiffe: &str) -> Req {
@@ -1091,8 +1100,19 @@ fn request_headers() {
             ("prefix", get("/").h("x-header", "prefix"), true),
             ("suffix", get("/").h("x-header", "a-suf"), true),
             (
-                "joined duplicates",
+                "single value with a comma",
                 get("/").h("x-header", "exact,other"),
+                false,
+            ),
+            // Repeated headers: Envoy 1.40 matches value by value (twin-tested).
+            (
+                "repeated: one matches",
+                get("/").hh("x-header", "exact").hh("x-header", "other"),
+                true,
+            ),
+            (
+                "repeated: none matches",
+                get("/").hh("x-header", "a").hh("x-header", "b"),
                 false,
             ),
             ("absent", get("/"), false),
