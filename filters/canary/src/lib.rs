@@ -143,17 +143,22 @@ impl HttpContext for Http {
         let m = &shared.metrics;
         m.requests.inc();
 
-        // A client never chooses its own subset or cluster.
+        // A client never chooses its own subset or cluster: drop its copies (from
+        // Envoy and from the view the decision sees).
+        let mut headers = glue::request_headers();
         for name in canary.routing_request_headers() {
-            if glue::request_header(name).is_some() {
+            if headers.iter().any(|(k, _)| k == name) {
                 glue::remove_request_header(name);
+                headers.retain(|(k, _)| k != name);
             }
         }
-
-        let headers = glue::request_headers();
         let view = RequestView::new(&headers);
-        let listener_port =
-            glue::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok());
+        // Only a `{port}` template with a port-less destination needs the listener port.
+        let listener_port = if canary.needs_listener_port() {
+            glue::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok())
+        } else {
+            None
+        };
         let mut rng = RngRef(&shared.rng);
         let routed = match canary.decide(&view, listener_port, &mut rng) {
             Decision::OtherHost => {

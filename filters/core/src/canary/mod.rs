@@ -518,6 +518,15 @@ impl Canary {
         })
     }
 
+    /// Whether some destination's cluster name depends on the listener port.
+    pub fn needs_listener_port(&self) -> bool {
+        self.routing.cluster_header.is_some()
+            && self
+                .routes
+                .iter()
+                .any(|r| r.destinations.iter().any(|d| d.cluster.is_none()))
+    }
+
     /// The headers the filter sets on requests; client copies are removed first.
     pub fn routing_request_headers(&self) -> impl Iterator<Item = &str> {
         self.routing
