@@ -11,13 +11,14 @@
 //! - `scheme`, `method`, `authority` are header matchers on `:scheme`,
 //!   `:method`, `:authority` (case-sensitive; the authority includes the port).
 //! - `headers`: names are lower-cased as Envoy's `LowerCaseString` does; several
-//!   values of one header are joined with `,` before matching; `{}` or
-//!   `regex: "*"` means "present"; `exact: ""` matches an empty value.
+//!   values of one header are joined with `,` before matching; `{}` means
+//!   "present" (`regex: "*"` too, in `withoutHeaders` only: elsewhere Istio's
+//!   validation refuses it as an invalid regex); `exact: ""` matches an empty value.
 //! - `withoutHeaders`: the same matcher inverted, with a missing header treated
 //!   as `""` (so `{exact: foo}` holds when the header is absent) except for the
 //!   presence form, which holds when the header is absent.
 //! - `queryParams`: the first value of the key in the raw (not percent-decoded)
-//!   query string; `?key` has the value `""`; `{}`/`regex: "*"` means present.
+//!   query string; `?key` has the value `""`; `{}` means present.
 //! - Every regex is RE2 syntax, matched against the whole value (anchored).
 //!   The engine is `regex-lite`: RE2's ASCII `\d \w \s \b`, codepoint-wise `.`;
 //!   Unicode classes (`\p{..}`) and Unicode case folding are refused/ASCII-only.
@@ -113,8 +114,11 @@ impl StringMatcher {
 enum Site {
     /// `uri`: empty prefix allowed, `{}` means prefix `/`, no presence form.
     Uri,
-    /// headers, withoutHeaders, method, authority, scheme, queryParams.
+    /// headers, method, authority, scheme, queryParams.
     Header,
+    /// withoutHeaders: the only place Istio's validation lets `regex: "*"`
+    /// through (elsewhere Go's regexp refuses it); it means "present".
+    WithoutHeader,
 }
 
 /// Compiles an RE2 pattern for a full match. Istio refuses empty regexes and
@@ -155,7 +159,7 @@ impl StringMatch {
             return Ok(StringMatcher::Exact(e.clone()));
         }
         if let Some(p) = &self.prefix {
-            if p.is_empty() && site == Site::Header {
+            if p.is_empty() && site != Site::Uri {
                 return Err(ConfigError::new(
                     &path.field("prefix"),
                     "prefix string match should not be empty",
@@ -164,7 +168,7 @@ impl StringMatch {
             return Ok(StringMatcher::Prefix(p.clone()));
         }
         if let Some(r) = &self.regex {
-            if r == "*" && site == Site::Header {
+            if r == "*" && site == Site::WithoutHeader {
                 // Istio: `*` is not RE2; it is translated to present_match.
                 return Ok(StringMatcher::Present);
             }
@@ -174,7 +178,7 @@ impl StringMatch {
             )?));
         }
         Ok(match site {
-            Site::Header => StringMatcher::Present,
+            Site::Header | Site::WithoutHeader => StringMatcher::Present,
             // TranslateRouteMatch keeps its default `prefix: "/"`.
             Site::Uri => StringMatcher::Prefix("/".to_string()),
         })
@@ -323,7 +327,7 @@ impl HttpMatchRequest {
         for (name, sm) in &self.without_headers {
             let p = path.field("withoutHeaders").key(name);
             let name = validate_header_name(name, &p)?;
-            let matcher = sm.compile(Site::Header, &p)?;
+            let matcher = sm.compile(Site::WithoutHeader, &p)?;
             // treat_missing_header_as_empty conflicts with present_match.
             let treat_missing_as_empty = !matches!(matcher, StringMatcher::Present);
             headers.push(HeaderMatcher {
@@ -707,7 +711,9 @@ mod tests {
                 ("GET", "/", &[("x-v", "v12")], false),
             ],
         );
-        for present in [json!({}), json!({"regex": "*"})] {
+        assert!(err(json!([{"headers": {"x-v": {"regex": "*"}}}]))
+            .starts_with("match[0].headers[x-v].regex: invalid regex"));
+        for present in [json!({})] {
             check(
                 json!([{"headers": {"x-v": present}}]),
                 &[("GET", "/", &[("x-v", "")], true), ("GET", "/", &[], false)],
