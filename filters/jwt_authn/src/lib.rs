@@ -190,7 +190,7 @@ fn start_fetch(st: &mut State, provider: usize) {
 }
 
 /// Handles a callout response (in whichever context received it).
-fn on_fetch_response(shared: &Shared, token: u32, body_size: usize) {
+fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size: usize) {
     let mut resume = Vec::new();
     {
         let mut guard = shared.borrow_mut();
@@ -203,13 +203,24 @@ fn on_fetch_response(shared: &Shared, token: u32, body_size: usize) {
         else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        // A reset callout comes with no headers, and then the SDK's map getters
+        // would panic on the host's answer: read nothing.
+        let (status, body) = if num_headers == 0 {
+            (None, Vec::new())
+        } else {
+            let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten();
+            let body = if body_size == 0 {
+                Vec::new()
+            } else {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            };
+            (status, body)
+        };
         let jwks = (status.as_deref() == Some("200"))
             .then(|| {
                 std::str::from_utf8(&body)
@@ -366,8 +377,8 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
-        on_fetch_response(&self.shared, token, body_size);
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _t: usize) {
+        on_fetch_response(&self.shared, token, headers, body_size);
     }
 }
 
@@ -468,8 +479,8 @@ struct Http {
 }
 
 impl Context for Http {
-    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
-        on_fetch_response(&self.shared, token, body_size);
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _t: usize) {
+        on_fetch_response(&self.shared, token, headers, body_size);
     }
 }
 
