@@ -1156,3 +1156,64 @@ fn invalid_policy_is_refused_naming_the_field() {
         "{log}"
     );
 }
+
+/// The benchmark listeners (envoy-configs/bench/authz.yaml): the bench request is
+/// allowed by both, and the 50-policy set decides like its RBAC twin.
+#[test]
+fn bench_listeners_agree() {
+    let fragment =
+        std::fs::read_to_string(host_tests::paths::config_dir().join("bench/authz.yaml")).unwrap();
+    let yaml = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }} }}\nstatic_resources:\n  listeners:\n{fragment}  clusters:\n  - {}\n",
+        authz_common::cluster("upstream", "{{UPSTREAM_PORT}}")
+    );
+    let upstream = Upstream::echo("v1");
+    let envoy = Envoy::from_yaml(&yaml)
+        .upstream("UPSTREAM_PORT", &upstream)
+        .start();
+    let bench = || get("/bench/items?page=2").header("x-user", "user-42");
+    let cases = vec![
+        twin_case("bench request", bench()),
+        twin_case("no x-user", get("/bench/items")),
+        twin_case("denied admin", get("/admin-3/x").header("x-user", "user-1")),
+        twin_case("blocked header", bench().header("x-block", "b2")),
+        twin_case(
+            "tenant path",
+            Request::new("POST", "/svc-7/a")
+                .header("x-tenant", "tenant-7")
+                .body("b"),
+        ),
+        twin_case(
+            "tenant template",
+            get("/api/v9/items/5").header("x-tenant", "tenant-9"),
+        ),
+        twin_case(
+            "tenant mismatch",
+            get("/api/v9/items/5").header("x-tenant", "tenant-8"),
+        ),
+        twin_case("other host", bench().header("host", "evil.com")),
+    ];
+    for (ours, native) in [("authz_1", "rbac_1"), ("authz_50", "rbac_50")] {
+        host_tests::twin::assert_same(&envoy, ours, native, &cases);
+        assert_eq!(envoy.send(ours, &bench()).status, 200);
+    }
+    assert_eq!(
+        envoy
+            .send(
+                "authz_50",
+                &get("/api/v9/items/5").header("x-tenant", "tenant-9")
+            )
+            .status,
+        200
+    );
+    assert_eq!(
+        envoy
+            .send("authz_50", &bench().header("x-block", "b2"))
+            .status,
+        403
+    );
+}
+
+fn twin_case(name: &str, r: Request) -> host_tests::twin::Case {
+    host_tests::twin::Case::new(name, r)
+}
