@@ -85,17 +85,26 @@
 //!   read the world clock (starting at [`world::START_UNIX_NANOS`]); WASI monotonic is
 //!   the same clock from another origin; `random_get` is SplitMix64 seeded by
 //!   [`VmConfig::seed`].
+//! - **Struct values**: [`abi::encode_struct`] encodes JSON the way Envoy serializes
+//!   a `Struct` (e.g. jwt_authn's `payload_in_metadata`); a filter reading deeper than a
+//!   path the test set walks into it (map keys, list indices), as Envoy does.
+//! - **Call trace**: [`Vm::calls`] lists every host→VM entry with its arguments.
 //! - **Logs**: `proxy_log` and WASI stdout/stderr lines are captured ([`Vm::logs`])
 //!   and echoed to stderr (captured by libtest; `MESHWASM_EMU_QUIET=1` silences them).
 //! - **WASI**: `environ_*`/`args_*` (empty), `fd_write` (to logs), `proc_exit` (trap),
 //!   `random_get`, `clock_time_get`, `clock_res_get`, `sched_yield`.
 //!
+//! Compiling a module with a debug build of cranelift takes seconds, so compiled
+//! modules are cached per process and on disk in `<target>/emulator-cache/` (keyed by
+//! the module's bytes; the newest 48 kept): only the first load of a new build pays.
+//!
 //! Not emulated (documented limits): gRPC calls (`proxy_grpc_call`/`_stream` return
 //! InternalFailure, which the SDK hands back as `Err`, rather than Unimplemented, which
 //! would make the SDK panic; send/cancel/close return NotFound); shared queues store and
 //! return data but `on_queue_ready` is only delivered when the test calls
-//! [`Vm::queue_ready`]; property values are looked up by exact path (a test that sets
-//! a map must also set the leaves a filter reads); no CPU limit; any other import traps
+//! [`Vm::queue_ready`]; `proxy_close_stream` is applied after the callback like the
+//! other stream actions (Envoy resets at once; nothing observable differs); no CPU
+//! limit; any other import traps
 //! with a message naming it when called. A trap fails the VM: that call and every later
 //! one return `Err` (Envoy would answer 503 with FAIL_CLOSED).
 

@@ -84,12 +84,33 @@ fn compiled(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
                 let _ = std::fs::create_dir_all(&dir)
                     .and_then(|_| std::fs::write(&tmp, out))
                     .and_then(|_| std::fs::rename(&tmp, &file));
+                prune(&dir, 48);
             }
             m
         }
     };
     *slot = Some(m.clone());
     Ok((engine.clone(), m))
+}
+
+/// Keeps the newest `keep` compiled modules in the disk cache (each rebuilt `.wasm`
+/// adds one).
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    for (_, path) in &files[..files.len() - keep] {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 impl WorldState {
