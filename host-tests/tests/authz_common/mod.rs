@@ -69,7 +69,7 @@ fn router() -> Value {
 pub fn listener(name: &str, filters: Vec<Value>, hops: u32, tls: Option<&Value>) -> Value {
     let mut http_filters = filters;
     http_filters.push(router());
-    let mut chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+    let chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
         "use_remote_address": true,
@@ -78,12 +78,16 @@ pub fn listener(name: &str, filters: Vec<Value>, hops: u32, tls: Option<&Value>)
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
         "http_filters": http_filters}}]});
-    if let Some(tls) = tls {
-        chain["transport_socket"] = tls.clone();
-    }
-    json!({"name": name,
+    let mut l = json!({"name": name,
            "address": {"socket_address": {"address": "127.0.0.1", "port_value": format!("{{{{PORT:{name}}}}}")}},
-           "filter_chains": [chain]})
+           "filter_chains": [chain]});
+    if let Some(tls) = tls {
+        l["filter_chains"][0]["transport_socket"] = tls.clone();
+        // The TLS inspector records the SNI (`connection.sni` / requestedServerName).
+        l["listener_filters"] = json!([{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]);
+    }
+    l
 }
 
 pub fn cluster(name: &str, port_placeholder: &str) -> Value {
