@@ -54,8 +54,8 @@ impl Filter {
     /// would otherwise let every request through.
     pub fn default_fail_strategy(self) -> FailStrategy {
         match self {
-            Filter::JwtAuthn | Filter::Authz => FailStrategy::FailClose,
-            _ => FailStrategy::FailOpen,
+            Filter::JwtAuthn | Filter::Authz => FailStrategy::Close,
+            _ => FailStrategy::Open,
         }
     }
 
@@ -114,28 +114,28 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FailStrategy {
     #[value(name = "FAIL_CLOSE")]
-    FailClose,
+    Close,
     #[value(name = "FAIL_OPEN")]
-    FailOpen,
+    Open,
     #[value(name = "FAIL_RELOAD")]
-    FailReload,
+    Reload,
 }
 
 impl FailStrategy {
     pub fn as_str(self) -> &'static str {
         match self {
-            FailStrategy::FailClose => "FAIL_CLOSE",
-            FailStrategy::FailOpen => "FAIL_OPEN",
-            FailStrategy::FailReload => "FAIL_RELOAD",
+            FailStrategy::Close => "FAIL_CLOSE",
+            FailStrategy::Open => "FAIL_OPEN",
+            FailStrategy::Reload => "FAIL_RELOAD",
         }
     }
 
     /// Envoy's `failure_policy` for the same intent (EnvoyFilter rendering).
     pub fn envoy_failure_policy(self) -> &'static str {
         match self {
-            FailStrategy::FailClose => "FAIL_CLOSED",
-            FailStrategy::FailOpen => "FAIL_OPEN",
-            FailStrategy::FailReload => "FAIL_RELOAD",
+            FailStrategy::Close => "FAIL_CLOSED",
+            FailStrategy::Open => "FAIL_OPEN",
+            FailStrategy::Reload => "FAIL_RELOAD",
         }
     }
 }

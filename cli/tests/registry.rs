@@ -9,11 +9,12 @@ use std::io::Write;
 use std::process::Stdio;
 
 use common::{
-    envoy_yaml, plugin_config_of, run, run_ok, skopeo, wasm, Registry, Scratch, PASSWORD, USER,
+    envoy_yaml, plugin_config_of, run, run_ok, skopeo, wasm, Auth, Registry, Scratch, TokenIssuer,
+    PASSWORD, USER,
 };
 use host_tests::envoy::Envoy;
 use host_tests::http::Request;
-use host_tests::upstream::Upstream;
+use host_tests::upstream::{Reply, Upstream};
 use serde_json::Value;
 
 fn build(filter: &str, dir: &Scratch, name: &str) -> String {
@@ -420,4 +421,105 @@ fn clear_errors_for_the_usual_failures() {
     assert!(err.contains("digest mismatch"), "{err}");
     assert!(err.contains(layer_digest), "{err}");
     assert!(!dir.path("o.wasm").exists());
+}
+
+/// `repository:team/x:pull,push` out of the token request's query.
+fn scope_repository(path: &str) -> Option<String> {
+    let q = path.split_once('?')?.1;
+    let scope = q.split('&').find_map(|kv| kv.strip_prefix("scope="))?;
+    let scope = scope
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+        .replace("%2F", "/")
+        .replace("%2f", "/");
+    let scope = scope.replace("%2C", ",").replace("%2c", ",");
+    let rest = scope.strip_prefix("repository:")?;
+    Some(rest.rsplit_once(':')?.0.to_string())
+}
+
+#[test]
+fn bearer_token_registry() {
+    let issuer = std::sync::Arc::new(TokenIssuer::new());
+    let basic = format!(
+        "Basic {}",
+        String::from_utf8(common::openssl(
+            &["base64", "-A"],
+            Some(format!("{USER}:{PASSWORD}").as_bytes())
+        ))
+        .unwrap()
+    );
+    // The token service: tokens for the repository asked for, to USER:PASSWORD only.
+    let iss = issuer.clone();
+    let token_server = Upstream::start("token", move |seen| {
+        match (seen.header("authorization"), scope_repository(&seen.path)) {
+            (Some(a), Some(repo)) if a == basic => Reply::json(
+                200,
+                &serde_json::json!({ "token": iss.token(&repo, &["pull", "push"]) }),
+            ),
+            _ => Reply::new(401).body("unauthorized"),
+        }
+    });
+    let realm = format!("http://127.0.0.1:{}/token", token_server.port());
+    let reg = Registry::start_with(Auth::Token {
+        realm,
+        cert: issuer.cert.clone(),
+    });
+    let dir = Scratch::new("bearer");
+    let built = build("jwt_authn", &dir, "img");
+    let reference = format!("{}/team/jwt_authn:1", reg.host());
+
+    // Anonymous: the token service refuses, and so the push.
+    let (code, _, err) = run(&["image", "push", &dir.s("img"), &reference, "--insecure"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401 unauthorized"), "{err}");
+    // Basic credentials are exchanged for a bearer token at the realm.
+    let (code, out, err) = run(&[
+        "image",
+        "push",
+        &dir.s("img"),
+        &reference,
+        "--insecure",
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+    ]);
+    assert_eq!(code, 0, "{err}\n{}", reg.log_text());
+    assert_eq!(out.trim(), built);
+    assert!(token_server
+        .seen()
+        .iter()
+        .any(|s| s.path.contains("scope=repository")));
+
+    // A token given directly (--token), for this repository: pull works.
+    let token = issuer.token("team/jwt_authn", &["pull"]);
+    let out = run_ok(&[
+        "image",
+        "pull",
+        &reference,
+        "-o",
+        &dir.s("p.wasm"),
+        "--insecure",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(out.trim(), built);
+    assert_eq!(
+        std::fs::read(dir.path("p.wasm")).unwrap(),
+        std::fs::read(wasm("jwt_authn")).unwrap()
+    );
+    // A token for another repository is refused by the registry.
+    let other = issuer.token("team/other", &["pull"]);
+    let (code, _, err) = run(&[
+        "image",
+        "pull",
+        &reference,
+        "-o",
+        &dir.s("q.wasm"),
+        "--insecure",
+        "--token",
+        &other,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401 unauthorized"), "{err}");
 }

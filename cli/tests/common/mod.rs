@@ -92,6 +92,108 @@ pub struct Registry {
 pub const USER: &str = "meshwasm";
 pub const PASSWORD: &str = "s3cret-pass";
 
+pub const TOKEN_SERVICE: &str = "meshwasm-registry";
+pub const TOKEN_ISSUER: &str = "meshwasm-test-token-issuer";
+
+/// How the registry authenticates clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    /// htpasswd basic auth (USER / PASSWORD).
+    Basic,
+    /// Bearer tokens from `realm`, JWTs whose x5c chains to `cert`.
+    Token {
+        realm: String,
+        cert: PathBuf,
+    },
+}
+
+/// A token issuer for distribution's `auth.token`: an RSA key and its
+/// self-signed certificate (the registry's root bundle), signing with openssl.
+pub struct TokenIssuer {
+    dir: Scratch,
+    pub cert: PathBuf,
+    x5c: String,
+}
+
+pub fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl (installed by `make setup`)");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+impl TokenIssuer {
+    pub fn new() -> TokenIssuer {
+        let dir = Scratch::new("token-issuer");
+        let (key, cert) = (dir.s("key.pem"), dir.s("cert.pem"));
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=meshwasm-test-token-issuer",
+            ],
+            None,
+        );
+        let der = openssl(&["x509", "-in", &cert, "-outform", "DER"], None);
+        let x5c = String::from_utf8(openssl(&["base64", "-A"], Some(&der))).unwrap();
+        TokenIssuer {
+            cert: dir.path("cert.pem"),
+            dir,
+            x5c,
+        }
+    }
+
+    /// A registry token granting `actions` on `repository` (e.g. "meshwasm/x").
+    pub fn token(&self, repository: &str, actions: &[&str]) -> String {
+        let b64 = meshwasm_core::jwt::base64url_encode;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": USER, "aud": TOKEN_SERVICE,
+            "exp": now + 600, "nbf": now - 60, "iat": now - 60, "jti": format!("jti-{now}-{}", SCRATCH.fetch_add(1, Ordering::SeqCst)),
+            "access": [{"type": "repository", "name": repository, "actions": actions}],
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = openssl(
+            &["dgst", "-sha256", "-sign", &self.dir.s("key.pem")],
+            Some(input.as_bytes()),
+        );
+        format!("{input}.{}", b64(&sig))
+    }
+}
+
 pub fn registry_bin() -> PathBuf {
     std::env::var_os("DOCKER_REGISTRY_BIN")
         .map(PathBuf::from)
@@ -101,6 +203,11 @@ pub fn registry_bin() -> PathBuf {
 impl Registry {
     /// `basic_auth`: protect it with htpasswd (bcrypt, as distribution requires).
     pub fn start(basic_auth: bool) -> Registry {
+        Registry::start_with(if basic_auth { Auth::Basic } else { Auth::None })
+    }
+
+    pub fn start_with(auth: Auth) -> Registry {
+        let basic_auth = auth == Auth::Basic;
         let bin = registry_bin();
         assert!(
             bin.exists(),
@@ -126,6 +233,12 @@ impl Registry {
                 config.push_str(&format!(
                     "auth:\n  htpasswd:\n    realm: meshwasm-test\n    path: {}\n",
                     dir.s("htpasswd")
+                ));
+            }
+            if let Auth::Token { realm, cert } = &auth {
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    cert.display()
                 ));
             }
             std::fs::write(dir.path("config.yml"), config).unwrap();
