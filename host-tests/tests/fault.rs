@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use host_tests::envoy::Envoy;
@@ -456,6 +456,7 @@ fn twin_route_selection_and_header_faults() {
 /// 99.9% interval, and the metrics count what happened.
 #[test]
 fn abort_ten_percent_within_binomial_interval_for_both() {
+    let _serial = timing_lock();
     let up = upstream();
     let cfg =
         json!({"http": [{"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 10}}}}]});
@@ -543,77 +544,93 @@ fn latencies(port: u16, path: &str, n: usize, parallel: usize) -> Vec<f64> {
     all
 }
 
-/// Delays of 50 ms and 500 ms, measured on both listeners, batches of 5
-/// concurrent requests alternating between the listeners so machine noise hits
-/// both alike. The error is latency − delay − the listener's median undelayed
-/// latency; p50 and p99 are printed (the numbers to read: a few ms for both).
-///
-/// Asserted, with tolerances this shared 2-core machine cannot break (the native
-/// filter itself has shown a 67 ms p50 error here under a parallel build) but a
-/// broken delay can: never early (min latency ≥ delay − 1 ms: catches a missing
-/// or truncated delay); p50 error ≤ 100 ms and p99 ≤ 400 ms (catches a stuck or
-/// coarse timer such as a 1 s tick, or requests resumed only by a later
-/// request); meshwasm's p50 error at most 50 ms above the native one's in the
-/// same run. Tick-exact timing is pinned deterministically by the emulator tests
-/// (`fault_emulator.rs`).
-#[test]
-fn delays_are_accurate() {
-    let up = upstream();
-    let cfg = json!({"http": [
-        {"match": [{"uri": {"prefix": "/fifty"}}], "fault": {"delay": {"fixedDelay": "50ms", "percentage": {"value": 100}}}},
-        {"match": [{"uri": {"prefix": "/fivehundred"}}], "fault": {"delay": {"fixedDelay": "500ms", "percentage": {"value": 100}}}}
-    ]});
-    let envoy = start(&cfg, &up);
+/// Serializes the tests that measure time or load the machine, so they do not
+/// disturb each other (`--test-threads 2` would otherwise overlap them).
+static TIMING: Mutex<()> = Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One measurement of both delays on both listeners: (report, per (path,
+/// listener): (p50 error, p99 error, min latency)).
+fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
     let listeners = ["meshwasm", "native"];
     let base: Vec<f64> = listeners
         .iter()
         .map(|l| percentile(&latencies(envoy.port(l), "/none", 20, 1), 0.5))
         .collect();
     let mut report = String::new();
+    let mut out = Vec::new();
     for (path, delay, rounds) in [("/fifty", 50.0, 12), ("/fivehundred", 500.0, 4)] {
         let mut lat = [Vec::new(), Vec::new()];
+        // Batches alternate between the listeners so noise hits both alike.
         for _ in 0..rounds {
             for (i, l) in listeners.iter().enumerate() {
                 lat[i].extend(latencies(envoy.port(l), path, 5, 5));
             }
         }
-        let mut p50s = Vec::new();
         for (i, listener) in listeners.iter().enumerate() {
             let lat = &mut lat[i];
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let err: Vec<f64> = lat.iter().map(|l| l - delay - base[i]).collect();
             let (e50, e99) = (percentile(&err, 0.5), percentile(&err, 0.99));
             report.push_str(&format!(
-                "{listener} {path} ({} requests): base p50 {:.2} ms, delay error p50 {e50:.2} ms p99 {e99:.2} ms, min latency {:.2} ms\n",
+                "  {listener} {path} ({} requests): base p50 {:.2} ms, delay error p50 {e50:.2} ms p99 {e99:.2} ms, min latency {:.2} ms\n",
                 lat.len(),
                 base[i],
                 lat[0]
             ));
-            assert!(
-                lat[0] >= delay - 1.0,
-                "{listener} {path}: early: {:.2} ms\n{report}",
-                lat[0]
-            );
-            assert!(
-                e50 <= 100.0,
-                "{listener} {path}: p50 error {e50:.2} ms\n{report}"
-            );
-            assert!(
-                e99 <= 400.0,
-                "{listener} {path}: p99 error {e99:.2} ms\n{report}"
-            );
-            p50s.push(e50);
+            out.push((e50, e99, lat[0] - delay));
         }
-        assert!(
-            p50s[0] <= p50s[1] + 50.0,
-            "{path}: meshwasm p50 error {:.2} vs native {:.2}\n{report}",
-            p50s[0],
-            p50s[1]
-        );
     }
-    eprint!("{report}");
-    assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), 80);
-    assert_eq!(envoy.stat("http.native.fault.delays_injected"), 80);
+    (report, out)
+}
+
+/// Delays of 50 ms and 500 ms, measured on both listeners. The error is
+/// latency − delay − the listener's median undelayed latency; p50 and p99 are
+/// printed for every attempt.
+///
+/// Timing on this shared 2-core machine is noisy (the native filter itself has
+/// shown a 67 ms p50 error here while other builds ran), so the asserts are in
+/// two tiers. In every attempt, bounds noise cannot break but a broken delay
+/// does: never early (min latency ≥ delay − 1 ms: a missing or truncated
+/// delay), p50 error ≤ 150 ms and p99 ≤ 500 ms (a stuck or 1 s-grained timer).
+/// And in at least one of three attempts the tight bounds: p50 error ≤ 10 ms
+/// and p99 ≤ 50 ms on meshwasm, and its p50 error within 10 ms of the native
+/// filter's measured in the same attempt: a coarse tick (say a fixed 50–100 ms
+/// period) fails every attempt, while a noisy moment rarely lasts three.
+/// Tick-exact timing is pinned deterministically by `fault_emulator.rs`.
+#[test]
+fn delays_are_accurate() {
+    let _serial = timing_lock();
+    let up = upstream();
+    let cfg = json!({"http": [
+        {"match": [{"uri": {"prefix": "/fifty"}}], "fault": {"delay": {"fixedDelay": "50ms", "percentage": {"value": 100}}}},
+        {"match": [{"uri": {"prefix": "/fivehundred"}}], "fault": {"delay": {"fixedDelay": "500ms", "percentage": {"value": 100}}}}
+    ]});
+    let envoy = start(&cfg, &up);
+    let mut all = String::new();
+    let mut tight_ok = false;
+    let mut attempts = 0;
+    while attempts < 3 && !tight_ok {
+        attempts += 1;
+        let (report, m) = measure_delays(&envoy);
+        all.push_str(&format!("attempt {attempts}:\n{report}"));
+        // m: [fifty meshwasm, fifty native, 500 meshwasm, 500 native]
+        for (e50, e99, early) in &m {
+            assert!(*early >= -1.0, "a delay ended early\n{all}");
+            assert!(*e50 <= 150.0 && *e99 <= 500.0, "delay far off\n{all}");
+        }
+        tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
+            m[ours].0 <= 10.0 && m[ours].1 <= 50.0 && m[ours].0 <= m[native].0 + 10.0
+        });
+    }
+    eprint!("{all}");
+    assert!(tight_ok, "meshwasm delay error above 10 ms p50 / 50 ms p99 (or 10 ms worse than native) in 3 attempts\n{all}");
+    let n = 80 * attempts as u64;
+    assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), n);
+    assert_eq!(envoy.stat("http.native.fault.delays_injected"), n);
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.active_faults"), 0);
 }
 
@@ -631,6 +648,7 @@ fn spawn_send(port: u16, path: &'static str) -> std::thread::JoinHandle<(u16, Du
 /// `maxActiveFaults` bounds concurrent faults, overflow counted.
 #[test]
 fn concurrent_delays_do_not_block_the_workers() {
+    let _serial = timing_lock();
     let up = upstream();
     let delay = Duration::from_millis(1500);
     let cfg = json!({"http": [
@@ -688,6 +706,7 @@ fn concurrent_delays_do_not_block_the_workers() {
 /// limit of 1 → one delayed, two overflow (not delayed), as the native filter.
 #[test]
 fn max_active_faults_overflow_counted_like_native() {
+    let _serial = timing_lock();
     let up = upstream();
     let cfg = json!({"maxActiveFaults": 1, "http": [
         {"fault": {"delay": {"fixedDelay": "1000ms", "percentage": {"value": 100}}}}
@@ -756,4 +775,62 @@ fn invalid_config_is_refused() {
         ),
         "{err}"
     );
+}
+
+/// A client that goes away during its delay leaves nothing behind, in Envoy too:
+/// the slot (gauge) comes back at once, and the request never reaches the upstream.
+#[test]
+fn client_gone_during_delay_leaves_nothing_behind() {
+    let _serial = timing_lock();
+    let up = upstream();
+    let cfg = json!({"http": [
+        {"fault": {"delay": {"fixedDelay": "700ms", "percentage": {"value": 100}}}}
+    ]});
+    let envoy = start(&cfg, &up);
+    for (listener, prefix) in [
+        ("meshwasm", "wasmcustom.meshwasm.fault"),
+        ("native", "http.native.fault"),
+    ] {
+        let gauge = format!("{prefix}.active_faults");
+        let mut conns: Vec<_> = (0..20)
+            .map(|_| {
+                let mut s =
+                    std::net::TcpStream::connect(("127.0.0.1", envoy.port(listener))).unwrap();
+                s.write_all(b"GET /gone HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        let t0 = Instant::now();
+        while envoy.stat(&gauge) < 20 {
+            assert!(
+                t0.elapsed() < Duration::from_millis(600),
+                "{listener}: not all delayed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        conns.clear(); // the clients go away
+        while envoy.stat(&gauge) > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_millis(650),
+                "{listener}: slots not released on reset"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            up.seen(),
+            0,
+            "{listener}: a request of a gone client reached the upstream"
+        );
+        assert_eq!(
+            envoy.stat(&format!("{prefix}.delays_injected")),
+            20,
+            "{listener}"
+        );
+    }
+    // The worker still serves (and delays) afterwards.
+    let t = Instant::now();
+    assert_eq!(envoy.send("meshwasm", &Request::get("/after")).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(699));
 }
