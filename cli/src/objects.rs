@@ -513,6 +513,7 @@ fn http_routes(d: &Doc) -> Result<Vec<Value>, Finding> {
 fn fault_part(d: &Doc) -> Result<Assembled, Finding> {
     let mut routes = Vec::new();
     let mut with_fault = 0;
+    let mut unscoped = 0;
     for r in http_routes(d)? {
         let mut out = Map::new();
         if let Some(obj) = r.as_object() {
@@ -522,6 +523,11 @@ fn fault_part(d: &Doc) -> Result<Assembled, Finding> {
                 }
             }
             with_fault += usize::from(obj.contains_key("fault"));
+            let scoped = obj
+                .get("match")
+                .and_then(Value::as_array)
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|x| x.get("authority").is_some()));
+            unscoped += usize::from(obj.contains_key("fault") && !scoped);
         } else {
             // Let the parser say what is wrong with it, at its index.
             routes.push(r);
@@ -530,6 +536,26 @@ fn fault_part(d: &Doc) -> Result<Assembled, Finding> {
         routes.push(Value::Object(out));
     }
     let mut a = Assembled::single(json!({ "http": routes }), d.label(), "spec");
+    let hosts: Vec<&str> = d
+        .value
+        .get("spec")
+        .and_then(|s| s.get("hosts"))
+        .and_then(Value::as_array)
+        .map(|h| {
+            h.iter()
+                .filter_map(Value::as_str)
+                .filter(|h| *h != "*")
+                .collect()
+        })
+        .unwrap_or_default();
+    if unscoped > 0 && !hosts.is_empty() {
+        // The fault filter sees every request of the listener it is in; Istio
+        // applies the fault only on this VirtualService's hosts' routes.
+        a.notes.push(format!(
+            "{}: hosts {hosts:?} do not scope the fault filter: it applies to every request through the workload; add a match on authority to restrict it",
+            d.label()
+        ));
+    }
     if with_fault == 0 {
         a.notes.push(format!(
             "{}: no http route has a fault: the filter will do nothing",

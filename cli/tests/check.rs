@@ -151,3 +151,21 @@ fn unreadable_and_unparsable_files_exit_1() {
     assert_eq!(code, 1);
     assert!(err.contains("bad.yaml"), "{err}");
 }
+
+#[test]
+fn fault_on_a_virtualservice_host_warns_when_the_route_is_not_scoped() {
+    let dir = Scratch::new("check-hosts");
+    let file = dir.path("vs.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: ns}\nspec:\n  hosts: [a.example.com]\n  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 5}}}\n    route: [{destination: {host: a}}]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check", "fault", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("do not scope the fault filter"), "{err}");
+    // The seed scopes its route with an authority match: no warning.
+    let (code, _, err) = run(&["check", "fault", "envoy-configs/istio/policies/fault.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("do not scope"), "{err}");
+}
