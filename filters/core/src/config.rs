@@ -113,11 +113,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             if suffix == "s" && (num.ends_with('m') || num.ends_with('u') || num.ends_with('n')) {
                 continue;
             }
-            let v: f64 = num
-                .parse()
-                .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"5s\" or \"250ms\""))?;
+            let v: f64 = num.parse().map_err(|_| {
+                format!("invalid duration {s:?}: expected e.g. \"5s\" or \"250ms\"")
+            })?;
             if !v.is_finite() || v < 0.0 {
-                return Err(format!("invalid duration {s:?}: must be a non-negative number"));
+                return Err(format!(
+                    "invalid duration {s:?}: must be a non-negative number"
+                ));
             }
             let secs = v * scale;
             if secs > 315_576_000_000.0 {
@@ -167,7 +169,11 @@ mod tests {
     fn field_path_in_structural_errors() {
         let err = from_json::<Outer>(br#"{"items":[{"name":"a"},{"nmae":"b"}]}"#).unwrap_err();
         assert_eq!(err.path.as_str(), "items[1].nmae");
-        assert!(err.reason.contains("unknown field `nmae`"), "{}", err.reason);
+        assert!(
+            err.reason.contains("unknown field `nmae`"),
+            "{}",
+            err.reason
+        );
         assert!(!err.reason.contains("line"), "{}", err.reason);
     }
 

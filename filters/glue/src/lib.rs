@@ -39,7 +39,10 @@ pub struct Counter(Option<u32>);
 
 impl Counter {
     pub fn define(filter: &str, name: &str) -> Counter {
-        Counter(hostcalls::define_metric(MetricType::Counter, &format!("meshwasm.{filter}.{name}")).ok())
+        Counter(
+            hostcalls::define_metric(MetricType::Counter, &format!("meshwasm.{filter}.{name}"))
+                .ok(),
+        )
     }
 
     pub fn inc(&self) {
@@ -59,7 +62,9 @@ pub struct Gauge(Option<u32>);
 
 impl Gauge {
     pub fn define(filter: &str, name: &str) -> Gauge {
-        Gauge(hostcalls::define_metric(MetricType::Gauge, &format!("meshwasm.{filter}.{name}")).ok())
+        Gauge(
+            hostcalls::define_metric(MetricType::Gauge, &format!("meshwasm.{filter}.{name}")).ok(),
+        )
     }
 
     pub fn add(&self, delta: i64) {
