@@ -37,7 +37,7 @@ pub struct TokenBucket {
     pub max_tokens: u32,
     pub tokens_per_fill: u32,
     pub fill_interval: Duration,
-    /// `LocalRateLimitDescriptor.shadow_mode`: limited requests are counted, not rejected.
+    /// `LocalRateLimitDescriptor.shadow_mode`: this bucket's denials are ignored.
     pub shadow_mode: bool,
     fill_rate: f64,
 }
@@ -106,7 +106,7 @@ impl TokenBucket {
     }
 }
 
-/// Which bucket decided (for the `X-RateLimit-*` headers and shadow mode).
+/// Which bucket decided (for the `X-RateLimit-*` headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketId {
     Default,

@@ -45,8 +45,8 @@ pub enum Verdict {
     /// `filter_enabled` rolled false: nothing counted, nothing consumed.
     Disabled,
     Allowed,
-    /// Over the limit but not enforced (`filter_enforced` or descriptor
-    /// `shadow_mode`): counted, passed on with `request_headers_to_add_when_not_enforced`.
+    /// Over the limit but not enforced (`filter_enforced`): counted, passed on
+    /// with `request_headers_to_add_when_not_enforced`.
     LimitedNotEnforced,
     /// Rejected with the configured status.
     Limited,
@@ -139,7 +139,10 @@ impl LocalRateLimit {
                 }
                 _ => shared.consume_static(store, &shared.static_key(*id), b, now, stats),
             };
-            if !ok {
+            // A `shadow_mode` descriptor's denial is ignored: the request goes on
+            // to the next bucket, as Envoy 1.40 does (checked against the native
+            // filter in the host tests).
+            if !ok && !b.shadow_mode {
                 return Admission {
                     allowed: false,
                     bucket: Some(*id),
@@ -183,7 +186,7 @@ impl LocalRateLimit {
     }
 
     /// The whole per-request decision: `filter_enabled`, the buckets, then
-    /// `filter_enforced` and descriptor shadow mode. `rolls` are two random
+    /// `filter_enforced`. `rolls` are two random
     /// numbers for the enabled/enforced fractions.
     #[allow(clippy::too_many_arguments)]
     pub fn decide(
@@ -203,11 +206,7 @@ impl LocalRateLimit {
         if a.allowed {
             return (Verdict::Allowed, a.bucket);
         }
-        let shadow = a
-            .bucket
-            .and_then(|id| self.bucket(id))
-            .is_some_and(|b| b.shadow_mode);
-        if shadow || !self.enforced(rolls.1) {
+        if !self.enforced(rolls.1) {
             return (Verdict::LimitedNotEnforced, a.bucket);
         }
         (Verdict::Limited, a.bucket)

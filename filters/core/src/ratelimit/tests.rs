@@ -694,14 +694,13 @@ fn shadow_mode_descriptor_and_not_enforced() {
         remote_ip: None,
     };
     let mut st = StoreStats::default();
-    assert_eq!(
-        c.decide(&s, NS, 1.0, &req, (0, 0), &mut st).0,
-        Verdict::Allowed
-    );
-    assert_eq!(
-        c.decide(&s, NS, 1.0, &req, (0, 0), &mut st).0,
-        Verdict::LimitedNotEnforced
-    );
+    // The shadow descriptor (1 token) denies from the 2nd request on; Envoy 1.40
+    // ignores that denial and goes on to the default bucket (100 tokens).
+    for _ in 0..5 {
+        let (v, b) = c.decide(&s, NS, 1.0, &req, (0, 0), &mut st);
+        assert_eq!((v, b), (Verdict::Allowed, Some(BucketId::Static(0))));
+    }
+    assert_eq!(c.x_ratelimit(&s, NS, 1.0, BucketId::Default).unwrap().1, 95);
     // filter_enforced 0 %: counted, not rejected.
     let c = cfg(json!({
         "stat_prefix": "a",
