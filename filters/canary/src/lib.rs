@@ -86,18 +86,15 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             shared: self.shared.clone(),
-            response: Vec::new(),
-            served_by: None,
+            chosen: None,
         }))
     }
 }
 
 struct Http {
     shared: Option<Rc<Shared>>,
-    /// Response header operations of the chosen destination, in order.
-    response: Vec<HeaderParser>,
-    /// The `responseHeader` value, when configured.
-    served_by: Option<String>,
+    /// The chosen (route, destination), for the response operations.
+    chosen: Option<(usize, usize)>,
 }
 
 impl Context for Http {}
@@ -178,7 +175,7 @@ impl HttpContext for Http {
             c.inc();
         }
 
-        for p in &routed.request {
+        for p in routed.request {
             apply_request(p);
         }
         if let Some(authority) = routed.authority {
@@ -192,21 +189,23 @@ impl HttpContext for Http {
         if let Some(h) = &canary.routing.cluster_header {
             glue::set_request_header(h, Some(routed.cluster.as_bytes()));
         }
-        self.response = routed.response;
-        if canary.routing.response_header.is_some() {
-            self.served_by = Some(routed.label.to_string());
-        }
+        self.chosen = Some((routed.route_index, routed.destination_index));
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for p in &self.response {
+        let (Some(shared), Some((ri, di))) = (&self.shared, self.chosen) else {
+            return Action::Continue;
+        };
+        let canary = &shared.canary;
+        let Some(d) = canary.routes.get(ri).and_then(|r| r.destinations.get(di)) else {
+            return Action::Continue;
+        };
+        for p in &d.response_ops {
             apply_response(p);
         }
-        if let (Some(shared), Some(value)) = (&self.shared, &self.served_by) {
-            if let Some(h) = &shared.canary.routing.response_header {
-                glue::set_response_header(h, Some(value.as_bytes()));
-            }
+        if let Some(h) = &canary.routing.response_header {
+            glue::set_response_header(h, Some(d.label.as_bytes()));
         }
         Action::Continue
     }

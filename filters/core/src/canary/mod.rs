@@ -260,6 +260,11 @@ pub struct CompiledDestination {
     /// the destination names its port).
     pub cluster: Option<String>,
     pub headers: CompiledHeaders,
+    /// The request header parsers to run when this destination is chosen, in the
+    /// order Envoy evaluates them (precomputed: no copies per request).
+    pub request_ops: Vec<HeaderParser>,
+    /// Likewise for the response.
+    pub response_ops: Vec<HeaderParser>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,9 +333,9 @@ pub struct Routed<'a> {
     /// True when the sticky key decided (not the random source).
     pub sticky: bool,
     /// Request header parsers, in the order Envoy evaluates them.
-    pub request: Vec<HeaderParser>,
+    pub request: &'a [HeaderParser],
     /// Response header parsers, in order.
-    pub response: Vec<HeaderParser>,
+    pub response: &'a [HeaderParser],
     /// The authority rewrite (`host_rewrite_literal`), if any.
     pub authority: Option<&'a str>,
 }
@@ -398,6 +403,21 @@ impl Canary {
                 ));
             }
             let single = destinations.len() == 1;
+            for d in &mut destinations {
+                let (request, response) = if single {
+                    (
+                        vec![headers.request.merged(&d.headers.request)],
+                        vec![headers.response.merged(&d.headers.response)],
+                    )
+                } else {
+                    (
+                        vec![d.headers.request.clone(), headers.request.clone()],
+                        vec![d.headers.response.clone(), headers.response.clone()],
+                    )
+                };
+                d.request_ops = request.into_iter().filter(|p| !p.is_empty()).collect();
+                d.response_ops = response.into_iter().filter(|p| !p.is_empty()).collect();
+            }
             let weights = if single {
                 vec![1]
             } else {
@@ -487,19 +507,6 @@ impl Canary {
                 &d.host,
             ),
         };
-        let (request, response) = if route.single {
-            (
-                vec![route.headers.request.merged(&d.headers.request)],
-                vec![route.headers.response.merged(&d.headers.response)],
-            )
-        } else {
-            (
-                vec![d.headers.request.clone(), route.headers.request.clone()],
-                vec![d.headers.response.clone(), route.headers.response.clone()],
-            )
-        };
-        let request = request.into_iter().filter(|p| !p.is_empty()).collect();
-        let response = response.into_iter().filter(|p| !p.is_empty()).collect();
         Decision::Routed(Routed {
             route_index: ri,
             destination_index: di,
@@ -508,8 +515,8 @@ impl Canary {
             label_index: d.label_index,
             cluster,
             sticky: key.is_some(),
-            request,
-            response,
+            request: &d.request_ops,
+            response: &d.response_ops,
             authority: route
                 .headers
                 .authority
@@ -808,6 +815,8 @@ fn compile_destination(
         label_index,
         cluster,
         headers,
+        request_ops: Vec::new(),
+        response_ops: Vec::new(),
     })
 }
 

@@ -290,11 +290,11 @@ fn header_operations_order_single_vs_weighted() {
             ("x-drop".into(), "1".into()),
             ("x-who".into(), "client".into()),
         ];
-        for p in &r.request {
+        for p in r.request {
             p.apply(&mut h);
         }
         let mut resp: Vec<(String, String)> = vec![("server".into(), "up".into())];
-        for p in &r.response {
+        for p in r.response {
             p.apply(&mut resp);
         }
         (h, resp, r.authority.map(str::to_string))
