@@ -149,6 +149,8 @@ fn adopt_shared(st: &mut State, provider: usize) -> bool {
             r.jwks = Some(Rc::new(jwks));
             r.fetched_at = at;
             r.failed_at = None;
+            // Tokens verified with keys that may be gone are checked again.
+            st.cache.clear();
             true
         }
         None => false,
@@ -240,6 +242,7 @@ fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size:
                 r.jwks = Some(Rc::new(jwks));
                 r.fetched_at = now;
                 r.failed_at = None;
+                st.cache.clear();
                 let mut value = now.to_le_bytes().to_vec();
                 value.extend_from_slice(&body);
                 let _ = hostcalls::set_shared_data(&key, Some(&value), None);

@@ -53,27 +53,18 @@ impl TokenCache {
         self.order.clear();
     }
 
-    pub fn insert(&mut self, key: CacheKey, jwt: Rc<Jwt>, now: u64) {
+    pub fn insert(&mut self, key: CacheKey, jwt: Rc<Jwt>, _now: u64) {
         if self.capacity == 0 || self.entries.contains_key(&key) {
             return;
         }
-        if self.entries.len() >= self.capacity {
-            // Expired tokens go first; then the oldest entry.
-            let entries = &self.entries;
-            self.order.retain(|k| {
-                entries.get(k).is_some_and(|j| {
-                    j.exp == 0 || j.exp.saturating_add(super::CLOCK_SKEW_SECONDS) >= now
-                })
-            });
-            let order = &self.order;
-            self.entries.retain(|k, _| order.contains(k));
-            while self.entries.len() >= self.capacity {
-                match self.order.pop_front() {
-                    Some(old) => {
-                        self.entries.remove(&old);
-                    }
-                    None => break,
+        // Full: drop the oldest entries (FIFO, O(1) each). Expired tokens need no
+        // sweep: a hit re-checks `exp` and they age out like any other entry.
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
                 }
+                None => break,
             }
         }
         self.entries.insert(key, jwt);

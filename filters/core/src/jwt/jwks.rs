@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::b64;
+use super::rsa_fast::FastRsa;
 use super::status::Status;
 use super::token::Jwt;
 
@@ -32,7 +33,7 @@ impl std::fmt::Debug for EcKey {
 
 #[derive(Debug, Clone)]
 pub enum KeyMaterial {
-    Rsa(RsaPublicKey),
+    Rsa(RsaPublicKey, Option<FastRsa>),
     Ec(EcKey),
     Oct(Vec<u8>),
     /// Raw 32 bytes; None when they are not a valid point (then every
@@ -112,8 +113,9 @@ fn parse_rsa(jwk: &Map<String, Value>, alg: &str) -> Result<KeyMaterial, Status>
     if e != BigUint::from(3u32) && e != BigUint::from(65537u32) {
         return Err(Status::JwksRsaParseError);
     }
+    let fast = FastRsa::new(&n, if e == BigUint::from(3u32) { 3 } else { 65537 });
     RsaPublicKey::new_with_max_size(n, e, 16384)
-        .map(KeyMaterial::Rsa)
+        .map(|k| KeyMaterial::Rsa(k, fast))
         .map_err(|_| Status::JwksRsaParseError)
 }
 
@@ -288,7 +290,7 @@ impl Jwks {
             let alg = jwt.alg.as_str();
             let ok = match &jwk.key {
                 KeyMaterial::Ec(key) => verify_ec(key, alg, signed, sig),
-                KeyMaterial::Rsa(key) => verify_rsa(key, alg, signed, sig),
+                KeyMaterial::Rsa(key, fast) => verify_rsa(key, fast.as_ref(), alg, signed, sig),
                 KeyMaterial::Oct(key) => verify_hmac(key, alg, signed, sig),
                 KeyMaterial::Ed25519(key) => {
                     if sig.len() != 64 {
@@ -374,8 +376,17 @@ fn verify_ec(key: &EcKey, alg: &str, signed: &[u8], sig: &[u8]) -> bool {
     }
 }
 
-fn verify_rsa(key: &RsaPublicKey, alg: &str, signed: &[u8], sig: &[u8]) -> bool {
+fn verify_rsa(
+    key: &RsaPublicKey,
+    fast: Option<&FastRsa>,
+    alg: &str,
+    signed: &[u8],
+    sig: &[u8],
+) -> bool {
     let hash = digest(alg, signed);
+    if let (Some(fast), true) = (fast, alg.starts_with("RS")) {
+        return fast.verify_pkcs1v15(&hash, sig);
+    }
     let is384 = alg.ends_with("384");
     let is512 = alg.ends_with("512");
     if alg.starts_with("RS") {

@@ -11,6 +11,7 @@ mod config;
 mod jwks;
 mod payload;
 mod request;
+mod rsa_fast;
 mod status;
 mod token;
 

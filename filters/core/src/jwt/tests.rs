@@ -711,3 +711,26 @@ fn sixteen_kib_token_is_just_a_bad_token() {
     let garbage = "A".repeat(16 * 1024);
     assert_eq!(denied(&run(&a, bearer(&garbage))).map(|d| d.0), Some(401));
 }
+
+#[test]
+fn fast_rsa_agrees_with_the_rsa_crate() {
+    use rsa::traits::PublicKeyParts;
+    let jwks = Jwks::parse(&jwks_json(&[Key::Rsa1])).unwrap();
+    let super::jwks::KeyMaterial::Rsa(key, Some(fast)) = &jwks.keys[0].key else {
+        panic!("fast path missing")
+    };
+    for i in 0..20u8 {
+        let sig: Vec<u8> = (0..256)
+            .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
+            .collect();
+        let ours = fast.public_op(&sig);
+        let s = rsa::BigUint::from_bytes_be(&sig);
+        let theirs = (s < *key.n()).then(|| {
+            let m = s.modpow(key.e(), key.n()).to_bytes_be();
+            let mut out = vec![0u8; 256 - m.len()];
+            out.extend(m);
+            out
+        });
+        assert_eq!(ours, theirs, "{i}");
+    }
+}
