@@ -552,13 +552,14 @@ fn http_callout_is_answered_to_the_right_stream() {
         &mut vm,
         &[(
             "x-probe",
-            "callout:nope,callout-no-path:backend,callout-late",
+            "callout:nope,callout-no-path:backend,callout-late,callout-body-late",
         )],
     );
     assert_eq!(a3, Action::Continue);
     assert_eq!(result(&vm, s3, "callout"), "BadArgument");
     assert_eq!(result(&vm, s3, "callout-no-path"), "BadArgument");
     assert_eq!(result(&vm, s3, "callout-late"), "2");
+    assert_eq!(result(&vm, s3, "callout-body-late"), "Ok(None)");
     assert!(vm.pending_http_calls().is_empty());
 }
 

@@ -352,6 +352,11 @@ impl ProbeHttp {
                 // Call-response headers (map 6) outside on_http_call_response.
                 (raw_map_value_status(6, ":status").to_string(), false)
             }
+            "callout-body-late" => {
+                // Call-response body (buffer 4) outside on_http_call_response: NotFound → None.
+                let b = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, usize::MAX);
+                (format!("{b:?}"), false)
+            }
             "set-tick" => {
                 let ms: u64 = arg.parse().unwrap_or(0);
                 (
