@@ -119,9 +119,12 @@ impl RootContext for Root {
             faults_overflow: glue::Counter::define(FILTER, "faults_overflow"),
             active_faults: glue::Gauge::define(FILTER, "active_faults"),
         };
-        // WASI random (Envoy's generator) through std's RandomState, mixed
-        // with the time: every worker draws its own sequence.
-        let seed = std::collections::hash_map::RandomState::new().hash_one(glue::now_nanos());
+        // WASI random (Envoy's generator) through std's RandomState, mixed with
+        // the time and a process-wide counter in shared data, so that no two
+        // workers can ever draw the same sequence (correlated workers would
+        // widen the spread of the injected fraction).
+        let seed = std::collections::hash_map::RandomState::new()
+            .hash_one((glue::now_nanos(), next_seed_index()));
         self.worker = Some(Rc::new(RefCell::new(Worker {
             policy,
             rng: SplitMix64::new(seed),
@@ -286,6 +289,22 @@ fn grpc_code(code: u32) -> GrpcStatusCode {
         Unauthenticated,
     ];
     CODES.get(code as usize).copied().unwrap_or(Unknown)
+}
+
+/// A process-wide counter (one increment per configured worker).
+fn next_seed_index() -> u64 {
+    const KEY: &str = "meshwasm.fault.seed_index";
+    for _ in 0..16 {
+        let (v, cas) = HostStore.get(KEY);
+        let n = v
+            .and_then(|b| b.get(..8).and_then(|s| s.try_into().ok()))
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        if HostStore.set(KEY, &(n + 1).to_le_bytes(), cas).is_ok() {
+            return n;
+        }
+    }
+    0
 }
 
 /// proxy-wasm shared data as the core's `SharedStore`.
