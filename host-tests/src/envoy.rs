@@ -127,7 +127,12 @@ fn render(
             .ok_or_else(|| "unterminated {{ placeholder".to_string())?;
         let name = after[..end].trim();
         let value = if let Some(v) = vars.get(name) {
-            v.clone()
+            // A value may hold placeholders of its own (a bench fragment's
+            // `{{PORT:x}}`, `{{DIST}}`); a value naming itself would never end.
+            if v.contains(&format!("{{{{{name}}}}}")) {
+                return Err(format!("placeholder {{{{{name}}}}} refers to itself"));
+            }
+            render(v, vars, admin_port, ports)?
         } else if name == "ADMIN_PORT" {
             admin_port.to_string()
         } else if let Some(listener) = name.strip_prefix("PORT:") {
@@ -321,6 +326,14 @@ mod tests {
             .unwrap_err()
             .contains("NOPE"));
         assert!(render("{{X", &vars, 9, &mut ports).is_err());
+        // Values are expanded too (bench fragments carry their own placeholders).
+        vars.insert("FRAG".to_string(), "port {{PORT:m}} x={{X}}".to_string());
+        assert_eq!(
+            render("{{FRAG}}", &vars, 9, &mut ports).unwrap(),
+            format!("port {p} x=1")
+        );
+        vars.insert("SELF".to_string(), "{{SELF}}".to_string());
+        assert!(render("{{SELF}}", &vars, 9, &mut ports).is_err());
     }
 
     #[test]
