@@ -275,3 +275,79 @@ fn invalid_configuration_is_refused_with_its_field_path() {
         "{err}"
     );
 }
+
+/// Rejections that are not plain 429s: descriptor `shadow_mode` (counted, passed
+/// on with `request_headers_to_add_when_not_enforced`), a configured `status`,
+/// and `rate_limited_as_resource_exhausted` for gRPC.
+#[test]
+fn shadow_status_and_grpc_match_native() {
+    let up = Upstream::echo("up");
+    let config = json!({
+        "stat_prefix": "twin",
+        "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "status": {"code": 503},
+        "rate_limited_as_resource_exhausted": true,
+        "request_headers_to_add_when_not_enforced": [{"header": {"key": "x-rl-shadow", "value": "1"}}],
+        "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "60s"},
+        "descriptors": [
+            {"entries": [{"key": "shadow", "value": "1"}], "shadow_mode": true, "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "60s"}}
+        ],
+        "rate_limits": [
+            {"actions": [{"header_value_match": {"descriptor_key": "shadow", "descriptor_value": "1", "headers": [{"name": "x-shadow", "present_match": true}]}}]}
+        ]
+    });
+    let envoy = start(&config, &up);
+    let with_upstream_view = |r: &Response| {
+        format!(
+            "{} upstream-saw-x-rl-shadow={:?}",
+            outcome(r),
+            r.upstream_header("x-rl-shadow")
+        )
+    };
+    let bursts = [
+        (
+            "shadow descriptor",
+            Request::get("/s").header("x-shadow", "1"),
+            3,
+        ),
+        ("default bucket", Request::get("/d"), 4),
+        (
+            "grpc",
+            Request::new("POST", "/pkg.Svc/M").header("content-type", "application/grpc"),
+            1,
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for (name, req, n) in &bursts {
+        let run = |l: &str| {
+            (0..*n)
+                .map(|_| with_upstream_view(&envoy.send(l, req)))
+                .collect::<Vec<_>>()
+        };
+        let (o, nat) = (run("meshwasm"), run("native"));
+        if o != nat {
+            diffs.push(format!(
+                "  {name}:\n    meshwasm: {o:?}\n    native:   {nat:?}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "meshwasm and native differ:\n{}",
+        diffs.join("\n")
+    );
+    let stats = envoy.stats();
+    for name in ["enabled", "ok", "rate_limited", "enforced", "shadow_mode"] {
+        let ours = envoy.stat(&format!("wasmcustom.meshwasm.local_ratelimit.{name}"));
+        let native: Vec<_> = stats
+            .iter()
+            .filter(|(k, _)| k.contains("http_local_rate_limit"))
+            .collect();
+        assert_eq!(
+            ours,
+            native_stat(&stats, name),
+            "counter {name}; native: {native:?}"
+        );
+    }
+}

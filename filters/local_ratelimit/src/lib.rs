@@ -72,6 +72,7 @@ struct Counters {
     ok: glue::Counter,
     rate_limited: glue::Counter,
     enforced: glue::Counter,
+    shadow_mode: glue::Counter,
     cas_retries: glue::Counter,
     cas_exhausted: glue::Counter,
     dynamic_evictions: glue::Counter,
@@ -85,6 +86,7 @@ impl Counters {
             ok: c("ok"),
             rate_limited: c("rate_limited"),
             enforced: c("enforced"),
+            shadow_mode: c("shadow_mode"),
             cas_retries: c("cas_retries"),
             cas_exhausted: c("cas_exhausted"),
             dynamic_evictions: c("dynamic_evictions"),
@@ -251,6 +253,11 @@ impl HttpContext for Http {
             Verdict::Disabled => Action::Continue,
             Verdict::Allowed => {
                 sh.counters.ok.inc();
+                Action::Continue
+            }
+            Verdict::ShadowLimited => {
+                sh.counters.rate_limited.inc();
+                sh.counters.shadow_mode.inc();
                 Action::Continue
             }
             Verdict::LimitedNotEnforced => {

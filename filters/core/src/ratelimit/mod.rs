@@ -35,6 +35,8 @@ use crate::host::SharedStore;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     pub allowed: bool,
+    /// A `shadow_mode` descriptor had no token (its denial was ignored).
+    pub shadow_limited: bool,
     /// The bucket whose state the `X-RateLimit-*` headers report.
     pub bucket: Option<BucketId>,
 }
@@ -45,6 +47,9 @@ pub enum Verdict {
     /// `filter_enabled` rolled false: nothing counted, nothing consumed.
     Disabled,
     Allowed,
+    /// A `shadow_mode` descriptor was out of tokens but every other bucket
+    /// admitted: counted as rate limited (and `shadow_mode`), passed on untouched.
+    ShadowLimited,
     /// Over the limit but not enforced (`filter_enforced`): counted, passed on
     /// with `request_headers_to_add_when_not_enforced`.
     LimitedNotEnforced,
@@ -132,6 +137,7 @@ impl LocalRateLimit {
         }
         matched.sort_by(|a, b| a.1.fill_rate().total_cmp(&b.1.fill_rate()));
 
+        let mut shadow_limited = false;
         for (id, b) in &matched {
             let ok = match id {
                 BucketId::Dynamic { spec, tag } => {
@@ -142,8 +148,12 @@ impl LocalRateLimit {
             // A `shadow_mode` descriptor's denial is ignored: the request goes on
             // to the next bucket, as Envoy 1.40 does (checked against the native
             // filter in the host tests).
+            if !ok && b.shadow_mode {
+                shadow_limited = true;
+            }
             if !ok && !b.shadow_mode {
                 return Admission {
+                    shadow_limited,
                     allowed: false,
                     bucket: Some(*id),
                 };
@@ -154,12 +164,14 @@ impl LocalRateLimit {
             match &self.default_bucket {
                 DefaultBucket::None => {
                     return Admission {
+                        shadow_limited,
                         allowed: true,
                         bucket: first,
                     }
                 }
                 DefaultBucket::AlwaysDeny => {
                     return Admission {
+                        shadow_limited,
                         allowed: false,
                         bucket: None,
                     }
@@ -168,11 +180,13 @@ impl LocalRateLimit {
                     let key = shared.static_key(BucketId::Default);
                     if !shared.consume_static(store, &key, b, now, stats) {
                         return Admission {
+                            shadow_limited,
                             allowed: false,
                             bucket: Some(BucketId::Default),
                         };
                     }
                     return Admission {
+                        shadow_limited,
                         allowed: true,
                         bucket: Some(first.unwrap_or(BucketId::Default)),
                     };
@@ -180,6 +194,7 @@ impl LocalRateLimit {
             }
         }
         Admission {
+            shadow_limited,
             allowed: true,
             bucket: first,
         }
@@ -203,6 +218,9 @@ impl LocalRateLimit {
         }
         let descriptors = self.request_descriptors(req);
         let a = self.request_allowed(store, ns, now, &descriptors, stats);
+        if a.allowed && a.shadow_limited {
+            return (Verdict::ShadowLimited, a.bucket);
+        }
         if a.allowed {
             return (Verdict::Allowed, a.bucket);
         }
