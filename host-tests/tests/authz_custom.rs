@@ -2,6 +2,7 @@
 //! twin is what istiod generates for an `envoyExtAuthzHttp` provider: an RBAC
 //! with the CUSTOM rules as DENY shadow rules, then `ext_authz` enabled by the
 //! shadow match, then the ALLOW RBAC. Allow, deny, timeout and server error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod authz_common;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshwasm_core::authz::matchers::parse_socket_ip;
 use meshwasm_core::authz::metadata::{filter_metadata_from_proto, payload_from_filter_state};
-use meshwasm_core::authz::{Authz, ExtAuthzOutcome, ExtAuthzSettings, RequestAttrs};
+use meshwasm_core::authz::{strip_query, Authz, ExtAuthzOutcome, ExtAuthzSettings, RequestAttrs};
 use meshwasm_core::jwt::FILTER_STATE_PAYLOAD;
 use meshwasm_glue as glue;
 use proxy_wasm::hostcalls;
@@ -107,6 +107,9 @@ struct View {
     metadata: Option<Option<Vec<u8>>>,
     filter_meta: Vec<(String, Option<Value>)>,
     jwt: Option<Option<Value>>,
+    url_path: Option<Option<String>>,
+    /// Header slot (`Authz::header_names`) → index in `headers`.
+    slots: Option<Vec<Option<usize>>>,
 }
 
 impl View {
@@ -123,6 +126,8 @@ impl View {
             metadata: None,
             filter_meta: Vec::new(),
             jwt: None,
+            url_path: None,
+            slots: None,
         }
     }
 
@@ -162,11 +167,32 @@ fn socket_ip(path: &[&str]) -> Option<IpAddr> {
 }
 
 impl RequestAttrs for View {
-    fn header(&mut self, name: &str) -> Option<&[String]> {
-        self.headers()
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+    fn header(&mut self, slot: usize, _name: &str) -> Option<&[String]> {
+        if self.slots.is_none() {
+            let authz = self.authz.clone();
+            let headers = self.headers();
+            let slots = authz
+                .header_names()
+                .iter()
+                .map(|n| headers.iter().position(|(k, _)| k == n))
+                .collect();
+            self.slots = Some(slots);
+        }
+        let idx = (*self.slots.as_ref()?.get(slot)?)?;
+        self.headers.as_ref()?.get(idx).map(|(_, v)| v.as_slice())
+    }
+
+    fn url_path(&mut self) -> Option<&str> {
+        if self.url_path.is_none() {
+            let p = self
+                .headers()
+                .iter()
+                .find(|(k, _)| k == ":path")
+                .and_then(|(_, v)| v.first())
+                .map(|p| strip_query(p).to_string());
+            self.url_path = Some(p);
+        }
+        self.url_path.as_ref().and_then(|p| p.as_deref())
     }
 
     fn direct_ip(&mut self) -> Option<IpAddr> {
@@ -288,11 +314,6 @@ impl Http {
         {
             glue::set_filter_state("meshwasm.authz_policy", id.as_bytes());
         }
-        glue::log_debug(&format!(
-            "{FILTER}: {} by {:?}",
-            d.result(),
-            d.policy_id.as_deref().unwrap_or("-")
-        ));
         if d.allowed {
             self.metrics.allowed.inc();
             Action::Continue

@@ -147,10 +147,42 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         }
     }
 
-    let custom = match custom_provider {
+    let mut custom = match custom_provider {
         Some((name, _)) => providers.get(&name).cloned().map(|s| (custom, s)),
         None => None,
     };
+
+    // Intern header names so hosts can find a header by slot.
+    let mut header_names: Vec<String> = Vec::new();
+    {
+        let engines = [
+            Some(&mut audit),
+            Some(&mut deny),
+            deny_shadow.as_mut(),
+            allow.as_mut(),
+            allow_shadow.as_mut(),
+            custom.as_mut().map(|(e, _)| e),
+        ];
+        for e in engines.into_iter().flatten() {
+            for pol in &mut e.policies {
+                for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
+                    for c in and {
+                        for l in &mut c.any_of {
+                            if let Leaf::Header { name, slot, .. } = l {
+                                *slot = match header_names.iter().position(|n| n == name) {
+                                    Some(i) => i,
+                                    None => {
+                                        header_names.push(name.clone());
+                                        header_names.len() - 1
+                                    }
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     let mut needs = Needs::default();
     let engines = [
@@ -185,6 +217,7 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         allow_shadow,
         needs,
         jwt_payload_in_metadata: cfg.jwt_payload_in_metadata.clone(),
+        header_names,
     })
 }
 
@@ -653,6 +686,7 @@ fn header_leaf(name: &str, v: &str, ignore_case: bool) -> Leaf {
     };
     Leaf::Header {
         name: name.to_ascii_lowercase(),
+        slot: 0,
         m,
         ignore_case,
     }

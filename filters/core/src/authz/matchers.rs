@@ -18,6 +18,43 @@ pub enum StrMatch {
     /// `safeRegex: .+` — any non-empty value without a newline; kept apart
     /// from `Regex` because it is by far the most common.
     NonEmpty,
+    /// An Envoy `uriTemplate`, matched without a regex engine (same language
+    /// as the RE2 pattern Envoy builds; see `uri_template`).
+    Template(Vec<Tok>),
+}
+
+/// A piece of a compiled path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tok {
+    Lit(String),
+    /// `*`: one or more pchars (no '/').
+    One,
+    /// `**`: zero or more pchars or '/'.
+    Many,
+}
+
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)
+}
+
+fn template_match(toks: &[Tok], s: &[u8]) -> bool {
+    let Some((first, rest)) = toks.split_first() else {
+        return s.is_empty();
+    };
+    match first {
+        Tok::Lit(l) => s
+            .strip_prefix(l.as_bytes())
+            .is_some_and(|r| template_match(rest, r)),
+        Tok::One | Tok::Many => {
+            let many = *first == Tok::Many;
+            let run = s
+                .iter()
+                .take_while(|b| is_pchar(**b) || (many && **b == b'/'))
+                .count();
+            let min = usize::from(!many);
+            (min..=run).rev().any(|k| template_match(rest, &s[k..]))
+        }
+    }
 }
 
 impl StrMatch {
@@ -39,6 +76,7 @@ impl StrMatch {
             StrMatch::Regex(r) => r.is_match(v),
             // RE2 `.` does not match `\n`.
             StrMatch::NonEmpty => !v.is_empty() && !v.contains('\n'),
+            StrMatch::Template(t) => template_match(t, v.as_bytes()),
         }
     }
 
@@ -74,20 +112,6 @@ pub fn istio_string(v: &str, prefix: &str) -> StrMatch {
     } else {
         StrMatch::Exact(format!("{prefix}{v}"))
     }
-}
-
-/// RE2 `QuoteMeta` equivalent for the ASCII patterns we build.
-pub fn quote_meta(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for c in s.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii() {
-            out.push(c);
-        } else {
-            out.push('\\');
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// An IP range (Envoy `CidrRange`): a bare IP is /32 or /128; host bits are
@@ -143,54 +167,48 @@ impl Cidr {
     }
 }
 
-/// Characters a `*`/`**` template glob may match (Envoy uri_template_internal.cc
-/// `kLiteral`: RFC 3986 pchar without `*`, with `=`).
-const TEMPLATE_LITERAL: &str = r"a-zA-Z0-9\-._~%!$&'()+,;:@=";
-
-/// Envoy `uriTemplate` path matcher: the template converted to the same RE2
-/// pattern Envoy builds, full match against the path without query.
+/// Envoy `uriTemplate` path matcher (uri_template_internal.cc): `/`-separated
+/// segments, `*` = one or more pchars, `**` = zero or more pchars or '/'
+/// (nothing after it may glob), literal segments pchars only; full match
+/// against the path without query.
 pub fn uri_template(template: &str) -> Result<StrMatch, String> {
     let body = template
         .strip_prefix('/')
         .ok_or_else(|| format!("path template {template:?} must start with '/'"))?;
-    let mut out = String::from("/");
     let segments: Vec<&str> = body.split('/').collect();
+    let mut toks: Vec<Tok> = Vec::new();
+    let mut lit = String::from("/");
     let mut seen_text_glob = false;
     for (i, seg) in segments.iter().enumerate() {
         if i > 0 {
-            out.push('/');
+            lit.push('/');
         }
         match *seg {
-            "**" => {
+            "*" | "**" => {
                 if seen_text_glob {
                     return Err(format!("path template {template:?}: glob after `{{**}}`"));
                 }
-                seen_text_glob = true;
-                out.push_str(&format!("[{TEMPLATE_LITERAL}/]*"));
-            }
-            "*" => {
-                if seen_text_glob {
-                    return Err(format!("path template {template:?}: glob after `{{**}}`"));
+                seen_text_glob = *seg == "**";
+                if !lit.is_empty() {
+                    toks.push(Tok::Lit(std::mem::take(&mut lit)));
                 }
-                out.push_str(&format!("[{TEMPLATE_LITERAL}]+"));
+                toks.push(if seen_text_glob { Tok::Many } else { Tok::One });
             }
-            lit => {
-                let valid = lit
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b));
+            l => {
                 // An empty segment is allowed only as the trailing '/'.
-                if (!valid || lit.is_empty()) && !(lit.is_empty() && i == segments.len() - 1) {
-                    return Err(format!(
-                        "path template {template:?}: invalid literal {lit:?}"
-                    ));
+                let valid = !l.is_empty() && l.bytes().all(is_pchar);
+                let trailing_slash = l.is_empty() && i == segments.len() - 1;
+                if !(valid || trailing_slash) {
+                    return Err(format!("path template {template:?}: invalid literal {l:?}"));
                 }
-                out.push_str(&quote_meta(lit));
+                lit.push_str(l);
             }
         }
     }
-    Regex::new(&format!("^(?:{out})$"))
-        .map(StrMatch::Regex)
-        .map_err(|e| format!("path template {template:?}: {e}"))
+    if !lit.is_empty() {
+        toks.push(Tok::Lit(lit));
+    }
+    Ok(StrMatch::Template(toks))
 }
 
 /// Parses `ip:port` / `[v6]:port` as Envoy prints addresses (`source.address`).

@@ -32,7 +32,12 @@ use matchers::{Cidr, StrMatch};
 pub trait RequestAttrs {
     /// Every value of a request header (lower-case name, pseudo-headers
     /// included), in order; `None` when absent, `[""]` for an empty value.
-    fn header(&mut self, name: &str) -> Option<&[String]>;
+    /// `slot` is the name's index in [`Authz::header_names`] (hosts may use it
+    /// to find the header without comparing names).
+    fn header(&mut self, slot: usize, name: &str) -> Option<&[String]>;
+    /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`);
+    /// hosts compute it once per request (see [`strip_query`]).
+    fn url_path(&mut self) -> Option<&str>;
     /// The direct peer (Envoy `direct_remote_ip`); None when the host cannot
     /// tell (see docs: the remote address came from `x-forwarded-for`).
     fn direct_ip(&mut self) -> Option<IpAddr>;
@@ -74,6 +79,8 @@ pub(crate) enum Leaf {
     /// Header matcher: `None` = `present_match`.
     Header {
         name: String,
+        /// Index of `name` in `Authz::header_names`, set after compilation.
+        slot: usize,
         m: Option<StrMatch>,
         ignore_case: bool,
     },
@@ -156,9 +163,10 @@ impl Leaf {
             Leaf::Any => true,
             Leaf::Header {
                 name,
+                slot,
                 m,
                 ignore_case,
-            } => match (req.header(name), m) {
+            } => match (req.header(*slot, name), m) {
                 (None, _) => false,
                 (Some(_), None) => true,
                 (Some(values), Some(m)) => {
@@ -174,10 +182,7 @@ impl Leaf {
                     values.iter().any(|v| one(v))
                 }
             },
-            Leaf::Path(m) => match req.header(":path").and_then(|v| v.first()) {
-                Some(p) => m.matches(strip_query(p)),
-                None => false,
-            },
+            Leaf::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
             Leaf::DestPort(p) => req.destination_port() == Some(*p),
             Leaf::DirectIp(c) => req.direct_ip().is_some_and(|ip| c.contains(ip)),
             Leaf::RemoteIp(c) => req.remote_ip().is_some_and(|ip| c.contains(ip)),
@@ -238,7 +243,10 @@ impl Leaf {
 
 /// Envoy `PathUtil::removeQueryAndFragment`.
 pub fn strip_query(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
     &path[..end]
 }
 
@@ -256,6 +264,8 @@ pub struct Authz {
     pub(crate) allow_shadow: Option<Engine>,
     pub needs: Needs,
     pub jwt_payload_in_metadata: String,
+    /// Every request header name a policy reads, by slot.
+    pub(crate) header_names: Vec<String>,
 }
 
 /// The result of one dry-run (shadow) engine.
@@ -311,6 +321,11 @@ impl Authz {
     pub fn check_custom(&self, req: &mut dyn RequestAttrs) -> Option<(&ExtAuthzSettings, String)> {
         let (engine, settings) = self.custom.as_ref()?;
         engine.first_match(req).map(|id| (settings, id.to_string()))
+    }
+
+    /// Header names policies read; `RequestAttrs::header`'s slot indexes this.
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
     }
 
     /// The CUSTOM provider, when any CUSTOM policy exists.

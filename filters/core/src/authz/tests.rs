@@ -23,8 +23,14 @@ struct Req {
 }
 
 impl RequestAttrs for Req {
-    fn header(&mut self, name: &str) -> Option<&[String]> {
+    fn header(&mut self, _slot: usize, name: &str) -> Option<&[String]> {
         self.headers.get(name).map(Vec::as_slice)
+    }
+    fn url_path(&mut self) -> Option<&str> {
+        self.headers
+            .get(":path")
+            .and_then(|v| v.first())
+            .map(|p| strip_query(p))
     }
     fn direct_ip(&mut self) -> Option<IpAddr> {
         self.direct
