@@ -351,3 +351,43 @@ fn shadow_status_and_grpc_match_native() {
         );
     }
 }
+
+/// `filter_enforced` at 0 %: over-limit requests are counted and passed on with
+/// `request_headers_to_add_when_not_enforced`.
+#[test]
+fn not_enforced_matches_native() {
+    let up = Upstream::echo("up");
+    let config = json!({
+        "stat_prefix": "twin",
+        "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 0, "denominator": "HUNDRED"}},
+        "request_headers_to_add_when_not_enforced": [
+            {"header": {"key": "x-rl-shadow", "value": "1"}},
+            {"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {"key": "x-over", "value": "limit"}}
+        ],
+        "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "60s"}
+    });
+    let envoy = start(&config, &up);
+    let req = Request::get("/n").header("x-over", "client");
+    let view = |r: &Response| {
+        format!(
+            "{} x-rl-shadow={:?} x-over={:?}",
+            outcome(r),
+            r.upstream_header("x-rl-shadow"),
+            r.upstream_header("x-over")
+        )
+    };
+    let run = |l: &str| {
+        (0..4)
+            .map(|_| view(&envoy.send(l, &req)))
+            .collect::<Vec<_>>()
+    };
+    let (ours, native) = (run("meshwasm"), run("native"));
+    assert_eq!(ours, native);
+    assert!(ours[3].contains("x-rl-shadow=Some(\"1\")"), "{ours:?}");
+    let stats = envoy.stats();
+    for name in ["enabled", "ok", "rate_limited", "enforced"] {
+        let ours = envoy.stat(&format!("wasmcustom.meshwasm.local_ratelimit.{name}"));
+        assert_eq!(ours, native_stat(&stats, name), "counter {name}");
+    }
+}
