@@ -1218,3 +1218,44 @@ fn bench_listeners_agree() {
 fn twin_case(name: &str, r: Request) -> host_tests::twin::Case {
     host_tests::twin::Case::new(name, r)
 }
+
+/// envoy-configs/authz.yaml with golden http/deny-and-allow (DENY principal
+/// `deny`, ALLOW principal `allow`): plaintext requests have no principal.
+#[test]
+fn per_filter_config_golden_deny_and_allow() {
+    let deny = policy(
+        "httpbin-deny",
+        json!({"action": "DENY", "rules": [{"from": [{"source": {"principals": ["deny"]}}]}]}),
+    );
+    let allow = policy(
+        "httpbin-allow",
+        json!({"rules": [{"from": [{"source": {"principals": ["allow"]}}]}, {"to": [{"operation": {"paths": ["/open"]}}]}]}),
+    );
+    let by_principal = |p: &str| {
+        and_ids(vec![or_ids(vec![authenticated(exact(&format!(
+            "spiffe://{p}"
+        )))])])
+    };
+    let native = json!([
+        rbac("DENY", vec![(id("httpbin-deny", 0), rbac_policy(vec![any_permission()], vec![by_principal("deny")]))]),
+        rbac("ALLOW", vec![
+            (id("httpbin-allow", 0), rbac_policy(vec![any_permission()], vec![by_principal("allow")])),
+            (id("httpbin-allow", 1), rbac_policy(vec![and_rules(vec![or_rules(vec![url_path(exact("/open"))])])], vec![any_principal()])),
+        ]),
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    ]);
+    let upstream = Upstream::echo("v1");
+    let envoy = Envoy::from_file("authz.yaml")
+        .plugin_config("PLUGIN_CONFIG", &plugin(vec![deny, allow]))
+        .var("NATIVE_FILTERS", &native.to_string())
+        .upstream("UPSTREAM_PORT", &upstream)
+        .start();
+    let cases = vec![
+        twin_case("no principal", get("/")),
+        twin_case("open", get("/open?x")),
+        twin_case("other", get("/x")),
+    ];
+    host_tests::twin::assert_same(&envoy, "meshwasm", "native", &cases);
+    assert_eq!(envoy.send("meshwasm", &get("/")).status, 403);
+    assert_eq!(envoy.send("meshwasm", &get("/open")).status, 200);
+}
