@@ -194,7 +194,7 @@ pub(crate) fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<Re
     Ok(Response { body, ..resp })
 }
 
-fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
+pub(crate) fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line = read_line(r)?;

@@ -2,6 +2,9 @@
 //! as JSON (so tests assert what reached the backend), or any handler a test
 //! writes (a JWKS endpoint, an ext_authz server, ...).
 
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -72,12 +75,16 @@ impl Reply {
 type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
 
 /// A running upstream on 127.0.0.1; stopped on drop.
+///
+/// One thread per connection with HTTP/1.1 keep-alive: Envoy opens bursts of
+/// upstream connections (hundreds of requests resumed at once) and keeps them
+/// open, so a bounded worker pool could leave requests unread.
 pub struct Upstream {
     name: String,
     port: u16,
-    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
-    threads: Vec<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 /// The echo answer: `{"upstream", "method", "path", "headers": {name: value}, "body"}`.
@@ -116,33 +123,42 @@ impl Upstream {
         Upstream::start_on("127.0.0.1:0", name, handler)
     }
 
-    /// An upstream on a given address (the demo's fixed port).
+    /// An upstream on a given address.
     pub fn start_on(
         addr: &str,
         name: &str,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
-        let server = match tiny_http::Server::http(addr) {
-            Ok(s) => Arc::new(s),
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
             Err(e) => panic!("upstream {name}: cannot listen on {addr}: {e}"),
         };
-        let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
-        let threads = (0..8)
-            .map(|_| {
-                let server = Arc::clone(&server);
-                let seen = Arc::clone(&seen);
-                let handler = Arc::clone(&handler);
-                std::thread::spawn(move || serve(&server, &seen, &*handler))
+        let acceptor = {
+            let stop = Arc::clone(&stop);
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let seen = Arc::clone(&seen);
+                    let handler = Arc::clone(&handler);
+                    let stop = Arc::clone(&stop);
+                    std::thread::spawn(move || serve_connection(conn, &seen, &*handler, &stop));
+                }
             })
-            .collect();
+        };
         Upstream {
             name: name.to_string(),
             port,
-            server,
+            stop,
             seen,
-            threads,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -166,51 +182,123 @@ impl Upstream {
     }
 }
 
-fn serve(server: &tiny_http::Server, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
-    while let Ok(mut req) = server.recv() {
-        let mut body = Vec::new();
-        let _ = std::io::Read::read_to_end(req.as_reader(), &mut body);
-        let s = Seen {
-            method: req.method().to_string(),
-            path: req.url().to_string(),
-            headers: req
-                .headers()
-                .iter()
-                .map(|h| {
-                    (
-                        h.field.as_str().as_str().to_ascii_lowercase(),
-                        h.value.as_str().to_string(),
-                    )
-                })
-                .collect(),
-            body,
+/// Reads one request; None at a clean end of the connection.
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let mut seen = Seen {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+    };
+    if seen
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        seen.body = crate::http::read_chunked(r)?;
+    } else if let Some(len) = seen
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        seen.body = body;
+    }
+    Ok(Some(seen))
+}
+
+fn serve_connection(
+    conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    handler: &Handler,
+    stop: &AtomicBool,
+) {
+    let _ = conn.set_nodelay(true);
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
+    let mut w = write_half;
+    let mut r = BufReader::new(conn);
+    while !stop.load(Ordering::SeqCst) {
+        let req = match read_request(&mut r) {
+            Ok(Some(req)) => req,
+            _ => return,
         };
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         if let Ok(mut v) = seen.lock() {
             // Bounded: benchmarks send millions of requests.
             if v.len() < 100_000 {
-                v.push(s.clone());
+                v.push(req.clone());
             }
         }
-        let reply = handler(&s);
+        let reply = handler(&req);
         if let Some(d) = reply.delay {
             std::thread::sleep(d);
         }
-        let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+        let mut out =
+            format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
         for (k, v) in &reply.headers {
-            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-                resp.add_header(h);
-            }
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
-        let _ = req.respond(resp);
+        out.extend_from_slice(format!("content-length: {}\r\n", reply.body.len()).as_bytes());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&reply.body);
+        if w.write_all(&out).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
     }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        for _ in &self.threads {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the acceptor so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
     }

@@ -11,9 +11,11 @@ use serde_json::json;
 /// A configuration under which each filter lets a plain GET through.
 fn pass_config(filter: &str) -> serde_json::Value {
     match filter {
-        "jwt_authn" => {
-            json!({"jwtRules": [{"issuer": "https://issuer.example", "jwks": "{\"keys\":[]}"}]})
-        }
+        // A request without a token passes (allow_missing, as istiod configures it).
+        "jwt_authn" => json!({"jwtRules": [{
+            "issuer": "https://demo.meshwasm.dev",
+            "jwks": std::fs::read_to_string(host_tests::paths::config_dir().join("demo/jwks.json")).unwrap()
+        }]}),
         "authz" => json!({"trustDomain": "cluster.local", "policies": []}),
         "local_ratelimit" => json!({
             "stat_prefix": "http_local_rate_limiter",
