@@ -131,7 +131,22 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 /// Writes filter state `wasm.<key>` for later filters and access logs. Only valid
 /// in a stream context; a failure is ignored rather than trapping.
 pub fn set_filter_state(key: &str, value: &[u8]) -> bool {
-    hostcalls::set_property(vec![key], Some(value)).is_ok()
+    // The SDK's `hostcalls::set_property` panics on any non-Ok status (NotFound
+    // outside a stream, BadArgument on a read-only value): call the import directly.
+    // A single path segment is sent as is (the SDK joins segments with NUL).
+    let status =
+        unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    status == 0
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
 }
 
 /// Sends a local reply. The host defers it until the callback returns.

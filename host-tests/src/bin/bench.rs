@@ -29,6 +29,9 @@
 //! time per request is its latency and every µs a filter adds shows in full), `--only <substring>` (cases whose name contains it),
 //! `--out <file>` (default BENCHMARKS.md; `-` for none).
 
+// A developer tool: failing loudly with the reason is the right answer here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! `make demo`: the gateway on localhost:10000 with all five filters, in the
 //! foreground, and curl lines that show each filter working. Ctrl-C stops it all.
 
+// A developer tool: failing loudly with the reason is the right answer here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::mpsc;
 
 use host_tests::demo;
