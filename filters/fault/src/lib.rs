@@ -16,12 +16,13 @@ use meshwasm_core::fault::{
     after_delay, decide, shared_release, shared_try_acquire, AbortReply, Acquire, Decision,
     DelayQueue, FaultHeaders, FaultPolicy, ABORT_BODY,
 };
-use meshwasm_core::host::{CasMismatch, SharedStore, SplitMix64};
+use meshwasm_core::host::{SharedStore, SplitMix64};
 use meshwasm_core::http_match::RequestView;
 use meshwasm_glue as glue;
+use meshwasm_glue::HostStore;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, Status};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode};
 
 const FILTER: &str = "fault";
 /// Process-wide count of active faults (for `maxActiveFaults`), in shared
@@ -305,20 +306,4 @@ fn next_seed_index() -> u64 {
         }
     }
     0
-}
-
-/// proxy-wasm shared data as the core's `SharedStore`.
-struct HostStore;
-
-impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Err(Status::CasMismatch) => Err(CasMismatch),
-            _ => Ok(()),
-        }
-    }
 }

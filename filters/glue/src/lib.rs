@@ -178,3 +178,27 @@ pub fn now_nanos() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// proxy-wasm shared data (one store per Envoy process and vm_id, compare-and-swap)
+/// as the core's `SharedStore`.
+pub struct HostStore;
+
+impl meshwasm_core::host::SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), meshwasm_core::host::CasMismatch> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            // Any other answer counts as a lost race: the caller's bounded retry
+            // decides, and nothing is taken as written that was not.
+            Err(_) => Err(meshwasm_core::host::CasMismatch),
+        }
+    }
+}

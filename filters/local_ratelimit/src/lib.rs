@@ -9,14 +9,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use meshwasm_core::host::{CasMismatch, RandomSource, SharedStore, SplitMix64};
+use meshwasm_core::host::{RandomSource, SplitMix64};
 use meshwasm_core::ratelimit::{
     namespace, AppendAction, BucketId, LocalRateLimit, LocalStore, RequestView, StoreStats, Verdict,
 };
 use meshwasm_glue as glue;
+use meshwasm_glue::HostStore;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, Status};
+use proxy_wasm::types::{Action, ContextType};
 
 const FILTER: &str = "local_ratelimit";
 const BODY: &str = "local_rate_limited";
@@ -28,24 +29,6 @@ const MAX_CONNECTIONS: usize = 4096;
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
-
-/// proxy-wasm shared data (process-wide, compare-and-swap).
-struct HostStore;
-
-impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(CasMismatch),
-            // Any other answer: treat as a lost race; the bounded retry decides.
-            Err(_) => Err(CasMismatch),
-        }
-    }
-}
 
 /// Seconds on the host's monotonic clock (Envoy: the dispatcher's steady clock,
 /// the same in every worker), as Envoy's token bucket reads it; wall-clock time
