@@ -594,8 +594,8 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
 /// Timing on this shared 2-core machine is noisy (the native filter itself has
 /// shown a 67 ms p50 error here while other builds ran), so the asserts are in
 /// two tiers. In every attempt, bounds noise cannot break but a broken delay
-/// does: never early (min latency ≥ delay − 1 ms: a missing or truncated
-/// delay), p50 error ≤ 150 ms and p99 ≤ 500 ms (a stuck or 1 s-grained timer).
+/// does: never early on meshwasm (min latency ≥ delay − 1 ms: a missing or
+/// truncated delay; Envoy's native timer may fire ~2 ms early, so not there), p50 error ≤ 150 ms and p99 ≤ 500 ms (a stuck or 1 s-grained timer).
 /// And in at least one of three attempts the tight bounds: p50 error ≤ 10 ms
 /// and p99 ≤ 50 ms on meshwasm, and its p50 error within 10 ms of the native
 /// filter's measured in the same attempt: a coarse tick (say a fixed 50–100 ms
@@ -618,8 +618,13 @@ fn delays_are_accurate() {
         let (report, m) = measure_delays(&envoy);
         all.push_str(&format!("attempt {attempts}:\n{report}"));
         // m: [fifty meshwasm, fifty native, 500 meshwasm, 500 native]
-        for (e50, e99, early) in &m {
-            assert!(*early >= -1.0, "a delay ended early\n{all}");
+        for (i, (e50, e99, early)) in m.iter().enumerate() {
+            // Never early holds for meshwasm (the tick period is rounded up). Envoy's
+            // own fault timer has been seen firing ~2 ms early (48.1 ms for 50 ms),
+            // so the native listener only gets the loose bounds.
+            if i % 2 == 0 {
+                assert!(*early >= -1.0, "a meshwasm delay ended early\n{all}");
+            }
             assert!(*e50 <= 150.0 && *e99 <= 500.0, "delay far off\n{all}");
         }
         tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
