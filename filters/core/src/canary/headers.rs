@@ -167,6 +167,24 @@ fn check_name(name: &str, path: &FieldPath) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A header a route may set, add or remove: not Host, not a `:` pseudo-header,
+/// and a valid name (Istio's validation order and messages).
+fn check_operable_name(name: &str, path: &FieldPath) -> Result<(), ConfigError> {
+    if name.eq_ignore_ascii_case("host") {
+        return Err(ConfigError::new(
+            path,
+            format!("invalid header {name:?}: cannot set Host header"),
+        ));
+    }
+    if is_internal(name) {
+        return Err(ConfigError::new(
+            path,
+            format!("invalid header {name:?}: header cannot have \":\" prefix"),
+        ));
+    }
+    check_name(name, path)
+}
+
 type HeaderList = Vec<(String, String)>;
 
 /// `set`/`add` entries, sorted by key as istiod sorts them (the BTreeMap already is).
@@ -194,19 +212,7 @@ fn compile_adds(
             authority = Some(value);
             continue;
         }
-        if name.eq_ignore_ascii_case("host") {
-            return Err(ConfigError::new(
-                &p,
-                format!("invalid header {name:?}: cannot set Host header"),
-            ));
-        }
-        if is_internal(name) {
-            return Err(ConfigError::new(
-                &p,
-                format!("invalid header {name:?}: header cannot have \":\" prefix"),
-            ));
-        }
-        check_name(name, &p)?;
+        check_operable_name(name, &p)?;
         // Envoy skips entries whose value is empty (keep_empty_value is false).
         if !value.is_empty() {
             out.push((name.to_ascii_lowercase(), value));
@@ -219,19 +225,7 @@ fn compile_removes(names: &[String], path: &FieldPath) -> Result<Vec<String>, Co
     let mut out = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let p = path.index(i);
-        if name.eq_ignore_ascii_case("host") {
-            return Err(ConfigError::new(
-                &p,
-                format!("invalid header {name:?}: cannot set Host header"),
-            ));
-        }
-        if is_internal(name) {
-            return Err(ConfigError::new(
-                &p,
-                format!("invalid header {name:?}: header cannot have \":\" prefix"),
-            ));
-        }
-        check_name(name, &p)?;
+        check_operable_name(name, &p)?;
         out.push(name.to_ascii_lowercase());
     }
     Ok(out)
