@@ -65,7 +65,23 @@ impl EnvoyBuilder {
     }
 
     /// Starts Envoy; an error carries Envoy's log (e.g. a refused plugin config).
+    ///
+    /// Free ports are found by binding port 0 and letting go, so another process
+    /// (or a client's ephemeral port) can take one before Envoy binds it. A start
+    /// that fails on that is tried again on fresh ports; any other failure is final.
     pub fn try_start(self) -> Result<Envoy, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.start_once() {
+                Ok(envoy) => return Ok(envoy),
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once(&self) -> Result<Envoy, String> {
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("meshwasm-envoy-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
