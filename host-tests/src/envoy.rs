@@ -21,6 +21,8 @@ pub struct EnvoyBuilder {
     vars: HashMap<String, String>,
     concurrency: u32,
     log_level: String,
+    wrapper: Vec<String>,
+    ready_timeout: Duration,
 }
 
 impl EnvoyBuilder {
@@ -51,6 +53,18 @@ impl EnvoyBuilder {
     }
 
     /// Envoy's log level (default `info`; `debug` shows wasm `log_debug` lines).
+    /// Runs Envoy under this command prefix (e.g. `valgrind --tool=callgrind`).
+    pub fn wrapper(mut self, prefix: &[String]) -> Self {
+        self.wrapper = prefix.to_vec();
+        self
+    }
+
+    /// How long to wait for `/ready` (default 90 s).
+    pub fn ready_timeout(mut self, limit: Duration) -> Self {
+        self.ready_timeout = limit;
+        self
+    }
+
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
         self
@@ -96,7 +110,15 @@ impl EnvoyBuilder {
         let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let bin = paths::envoy_bin();
-        let child = Command::new(&bin)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &self.concurrency.to_string()])
@@ -120,7 +142,7 @@ impl EnvoyBuilder {
             ports,
             keep: false,
         };
-        envoy.wait_ready(Duration::from_secs(90))?;
+        envoy.wait_ready(self.ready_timeout)?;
         Ok(envoy)
     }
 }
@@ -203,6 +225,8 @@ impl Envoy {
             vars: HashMap::new(),
             concurrency: 2,
             log_level: "info".to_string(),
+            wrapper: Vec::new(),
+            ready_timeout: Duration::from_secs(90),
         }
     }
 
@@ -244,6 +268,11 @@ impl Envoy {
                 self.ports.keys()
             ),
         }
+    }
+
+    /// The Envoy process id (for profilers).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn admin_port(&self) -> u16 {

@@ -4,10 +4,19 @@
 //! the baseline), `noop` (a wasm filter that does nothing: the floor), and each
 //! filter's listeners. Load comes from `wrk` (a second process) on loopback, every
 //! case for a few seconds, in several rounds whose order rotates, so slow drift of
-//! this shared machine hits every listener alike. Per case the median over rounds
-//! of the per-request time (1 / requests per second) is taken; the added µs per
-//! request is that minus the `none` baseline. Ratios are computed within one run
-//! only. The table goes to stdout and to BENCHMARKS.md.
+//! this shared machine hits every listener alike. The measure is Envoy's own CPU
+//! time per request (all its threads, from `/proc/<pid>/task/*/schedstat`, over the
+//! requests wrk completed), so wrk and the upstream competing for the 2 cores do not
+//! count. Per case the median over rounds is taken; the added µs per request is
+//! that minus the `none` baseline. Ratios are computed within one run only. The
+//! table goes to stdout and to BENCHMARKS.md.
+//!
+//! `--callgrind` runs Envoy under valgrind's callgrind instead and reports
+//! thousands of instructions per request (same columns): deterministic to about
+//! ±2 %, where CPU time on these shared VMs moves by ±20 %. Slow (about 300
+//! requests/s), so use it with `--filters` and `--rounds 1`; not more than about 8
+//! distinct wasm VMs fit valgrind's address space. Dumps are kept in
+//! `target/callgrind/<listener>.0.out`.
 //!
 //! Filter fragments, in `envoy-configs/bench/`:
 //! - `<filter>.yaml`: listener entries (YAML list items indented by two spaces, as
@@ -22,13 +31,16 @@
 //!   `twin` names the case's native-twin listener (also benchmarked, same requests).
 //!   `cycle` varies one header per request: `count` generated values
 //!   `<prefix><n>`, or `values_file` (relative to envoy-configs/, one value a line,
-//!   each prefixed with `prefix`).
+//!   each prefixed with `prefix`). `hostcall_budget` is for the emulator test
+//!   `hostcall_budget.rs` (host calls per request), not used here.
 //!
 //! Options: `--seconds N` per case and round (default 3), `--rounds N` (default 5),
-//! `--connections N` (default 16: enough to keep Envoy's one worker busy,
-//! so 1 / throughput is the worker's time per request; one connection measures
-//! latency instead, which on these VMs is dominated by thread wake-ups, ~550 µs), `--only <substring>` (cases whose name contains it),
-//! `--out <file>` (default BENCHMARKS.md; `-` for none).
+//! `--connections N` (default 16: enough to keep Envoy's one worker busy),
+//! `--only <substring>` (cases whose name contains it), `--filters a,b` (only these
+//! fragments), `--callgrind`, `--out <file>` (default BENCHMARKS.md; `-` for none),
+//! `--perf <dir>` (record round 1 of each row with `perf record` into
+//! `<dir>/<listener>.data`; `perf report -i <file> --sort dso` splits Envoy's C++
+//! from the JIT'd wasm; Envoy's binary is stripped, so no C++ names).
 
 // A developer tool: failing loudly with the reason is the right answer here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -68,6 +80,10 @@ struct CaseSpec {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     cycle: Option<Cycle>,
+    /// Host calls per request allowed (checked by the emulator test only).
+    #[serde(default)]
+    #[allow(dead_code)]
+    hostcall_budget: Option<u64>,
 }
 
 fn default_path() -> String {
@@ -97,6 +113,12 @@ struct Opts {
     connections: u32,
     only: Option<String>,
     out: String,
+    /// Record round 1 of every row with `perf record` into this directory.
+    perf: Option<String>,
+    /// Only these fragments (`envoy-configs/bench/<name>.json`); all when empty.
+    filters: Vec<String>,
+    /// Run Envoy under callgrind and count instructions per request instead.
+    callgrind: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -105,6 +127,9 @@ fn parse_opts() -> Opts {
         rounds: 5,
         connections: 16,
         only: None,
+        perf: None,
+        filters: Vec::new(),
+        callgrind: false,
         out: paths::repo_root()
             .join("BENCHMARKS.md")
             .display()
@@ -120,6 +145,13 @@ fn parse_opts() -> Opts {
             "--connections" => o.connections = val.parse().unwrap_or(16),
             "--only" => o.only = Some(val),
             "--out" => o.out = val,
+            "--perf" => o.perf = Some(val),
+            "--filters" => o.filters = val.split(',').map(str::to_string).collect(),
+            "--callgrind" => {
+                o.callgrind = true;
+                i += 1;
+                continue;
+            }
             other => {
                 eprintln!("bench: unknown option {other}");
                 std::process::exit(2);
@@ -171,8 +203,22 @@ fn wrk_script(spec: &CaseSpec, dir: &Path) -> String {
     s
 }
 
-/// Requests per second for one wrk run (and non-2xx count).
-fn run_wrk(port: u16, script: &Path, o: &Opts) -> (f64, u64) {
+/// CPU time Envoy's threads have used so far, in ns (`/proc/<pid>/task/*/schedstat`).
+fn envoy_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One wrk run: Envoy's CPU µs per request (the measure), requests per second, and
+/// the non-2xx count.
+fn run_wrk(pid: u32, port: u16, script: &Path, o: &Opts) -> (f64, f64, u64, u64) {
+    let cpu_before = envoy_cpu_ns(pid);
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -184,18 +230,89 @@ fn run_wrk(port: u16, script: &Path, o: &Opts) -> (f64, u64) {
         .arg(format!("http://127.0.0.1:{port}"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run wrk ({e}); `make setup` installs it"));
+    let cpu = envoy_cpu_ns(pid).saturating_sub(cpu_before);
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     let non2xx = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    (rps, non2xx)
+    let cpu_us = if requests > 0 {
+        cpu as f64 / 1e3 / requests as f64
+    } else {
+        0.0
+    };
+    (cpu_us, rps, non2xx, requests)
+}
+
+fn callgrind_control(pid: u32, arg: &str) {
+    let ok = Command::new("callgrind_control")
+        .arg(arg)
+        .arg(pid.to_string())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "callgrind_control {arg} {pid} failed");
+}
+
+/// One wrk run with Envoy's instructions counted: thousands of instructions per
+/// request (in the µs column's place), requests per second, non-2xx.
+fn callgrind_run(
+    pid: u32,
+    port: u16,
+    script: &Path,
+    o: &Opts,
+    dir: &Path,
+    listener: &str,
+) -> (f64, f64, u64) {
+    let dumps = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().contains("cg.out"))
+            .collect();
+        v.sort();
+        v
+    };
+    callgrind_control(pid, "--zero");
+    let before = dumps(dir);
+    // wrk counts completed requests; the few in flight at its end are the noise.
+    let (_, rps, bad, requests) = run_wrk(pid, port, script, o);
+    let requests = requests.max(1) as f64;
+    callgrind_control(pid, "--dump");
+    let new: Vec<_> = dumps(dir)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let ir: u64 = new
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum();
+    // Kept for `callgrind_annotate` (JIT'd wasm shows as addresses in `???`).
+    let keep = paths::repo_root().join("target").join("callgrind");
+    let _ = fs::create_dir_all(&keep);
+    for (n, p) in new.iter().enumerate() {
+        let _ = fs::rename(p, keep.join(format!("{listener}.{n}.out")));
+    }
+    (ir as f64 / requests / 1e3, rps, bad)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -219,6 +336,7 @@ fn main() {
         path: default_path(),
         headers: BTreeMap::new(),
         cycle: None,
+        hostcall_budget: None,
     };
     let mut rows = vec![
         Row {
@@ -248,6 +366,9 @@ fn main() {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if !o.filters.is_empty() && !o.filters.contains(&group) {
+            continue;
+        }
         let yaml = bench_dir.join(format!("{group}.yaml"));
         let frag: Fragment = serde_json::from_str(&fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -293,15 +414,29 @@ fn main() {
     let upstream = Upstream::start("bench", |_| {
         Reply::new(200).header("x-upstream", "bench").body("ok")
     });
-    let envoy = Envoy::from_file("bench.yaml")
+    let dir = std::env::temp_dir().join(format!("meshwasm-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let mut builder = Envoy::from_file("bench.yaml")
         .var("FILTER_LISTENERS", &listeners)
         .var("FILTER_CLUSTERS", &clusters)
         .upstream("UPSTREAM_PORT", &upstream)
         .concurrency(1)
-        .log_level("warning")
-        .start();
-    let dir = std::env::temp_dir().join(format!("meshwasm-bench-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+        .log_level("warning");
+    if o.callgrind {
+        // Uninstrumented until a row is measured: starting Envoy (V8 compiling every
+        // module) under full instrumentation would take many minutes.
+        builder = builder
+            .wrapper(&[
+                "valgrind".to_string(),
+                "--tool=callgrind".to_string(),
+                "--instr-atstart=no".to_string(),
+                "--smc-check=all-non-file".to_string(),
+                format!("--callgrind-out-file={}/cg.out", dir.display()),
+                format!("--log-file={}/valgrind.log", dir.display()),
+            ])
+            .ready_timeout(std::time::Duration::from_secs(1200));
+    }
+    let envoy = builder.start();
     let scripts: Vec<_> = rows
         .iter()
         .enumerate()
@@ -319,6 +454,11 @@ fn main() {
         o.seconds,
         o.connections
     );
+    if o.callgrind {
+        // Instrumented from here on (the warm-up included), so every row runs on
+        // code valgrind has already translated.
+        callgrind_control(envoy.pid(), "--instr=on");
+    }
     // Warm-up: every listener once, briefly (VM start, connection pools).
     let warm = Opts {
         seconds: 1,
@@ -326,25 +466,59 @@ fn main() {
         connections: o.connections,
         only: None,
         out: String::new(),
+        perf: None,
+        filters: Vec::new(),
+        callgrind: false,
     };
     for (r, s) in rows.iter().zip(&scripts) {
-        run_wrk(envoy.port(&r.listener), s, &warm);
+        run_wrk(envoy.pid(), envoy.port(&r.listener), s, &warm);
     }
     let mut per_req: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut non2xx = vec![0u64; rows.len()];
     for round in 0..o.rounds as usize {
         for k in 0..rows.len() {
             let i = (k + round) % rows.len();
-            let (rps, bad) = run_wrk(envoy.port(&rows[i].listener), &scripts[i], &o);
-            if rps > 0.0 {
-                per_req[i].push(1e6 / rps);
+            let perf = o.perf.as_ref().filter(|_| round == 0).map(|d| {
+                fs::create_dir_all(d).unwrap();
+                Command::new("perf")
+                    .args(["record", "-q", "-F", "2999", "-p"])
+                    .arg(envoy.pid().to_string())
+                    .arg("-o")
+                    .arg(Path::new(d).join(format!("{}.data", rows[i].listener)))
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run perf ({e})"))
+            });
+            let (cpu_us, rps, bad) = if o.callgrind {
+                callgrind_run(
+                    envoy.pid(),
+                    envoy.port(&rows[i].listener),
+                    &scripts[i],
+                    &o,
+                    &dir,
+                    &rows[i].listener,
+                )
+            } else {
+                let (cpu, rps, bad, _) =
+                    run_wrk(envoy.pid(), envoy.port(&rows[i].listener), &scripts[i], &o);
+                (cpu, rps, bad)
+            };
+            if let Some(mut p) = perf {
+                // SIGINT makes perf write its file and exit.
+                let _ = Command::new("kill")
+                    .args(["-INT", &p.id().to_string()])
+                    .status();
+                let _ = p.wait();
+            }
+            if cpu_us > 0.0 {
+                per_req[i].push(cpu_us);
             }
             non2xx[i] += bad;
             eprintln!(
-                "  round {} {:<40} {:>9.0} req/s",
+                "  round {} {:<40} {:>9.0} req/s {:>7.1} CPU µs/req",
                 round + 1,
                 rows[i].label,
-                rps
+                rps,
+                cpu_us
             );
         }
     }

@@ -211,9 +211,9 @@ impl Guest {
     /// Copies `bytes` into a fresh guest buffer and writes its pointer and size into the
     /// out-params, as Envoy does; an empty result is written as `(0, 0)` (the SDK reads
     /// that as `None`). A trap inside the guest allocator is a trap of the call.
-    pub fn return_bytes(
+    pub(crate) fn return_bytes(
         &self,
-        mut store: impl AsContextMut,
+        mut store: impl AsContextMut<Data = super::state::Host>,
         bytes: &[u8],
         ptr_out: i32,
         len_out: i32,
@@ -221,6 +221,12 @@ impl Guest {
         let ptr = if bytes.is_empty() {
             0
         } else {
+            *store
+                .as_context_mut()
+                .data_mut()
+                .hostcalls
+                .entry("proxy_on_memory_allocate".to_string())
+                .or_default() += 1;
             let p = self.alloc.call(&mut store, bytes.len() as i32)?;
             if p == 0 {
                 return Ok(Status::InvalidMemoryAccess);

@@ -75,6 +75,38 @@ pub(crate) fn linker(store: &mut Store<Host>, module: &Module) -> anyhow::Result
             },
         )?;
     }
+    counting(store, module, &l)
+}
+
+/// A linker whose every import counts its calls in `Host::hostcalls`, then runs the
+/// binding of `inner`.
+fn counting(
+    store: &mut Store<Host>,
+    module: &Module,
+    inner: &Linker<Host>,
+) -> anyhow::Result<Linker<Host>> {
+    let mut l: Linker<Host> = Linker::new(store.engine());
+    for import in module.imports() {
+        let ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        let Some(f) = inner
+            .get_by_import(&mut *store, &import)
+            .and_then(|e| e.into_func())
+        else {
+            continue;
+        };
+        let name = import.name().to_string();
+        l.func_new(
+            import.module(),
+            import.name(),
+            ty,
+            move |mut c, args, results| {
+                *c.data_mut().hostcalls.entry(name.clone()).or_default() += 1;
+                f.call(&mut c, args, results)
+            },
+        )?;
+    }
     Ok(l)
 }
 

@@ -184,6 +184,10 @@ pub(crate) struct Host {
     pub deferred: Vec<Deferred>,
     pub fd_lines: [Vec<u8>; 3],
     pub calls: Vec<VmCall>,
+    /// How many times each import was called (plus `proxy_on_memory_allocate`, the
+    /// host's call back into the guest for every buffer it returns): in Envoy each
+    /// crossing costs microseconds, so filters are held to a budget of them.
+    pub hostcalls: BTreeMap<String, u64>,
 }
 
 impl Host {
@@ -213,6 +217,7 @@ impl Host {
             deferred: Vec::new(),
             fd_lines: [Vec::new(), Vec::new(), Vec::new()],
             calls: Vec::new(),
+            hostcalls: BTreeMap::new(),
         }
     }
 

@@ -94,6 +94,9 @@ impl VmConfig {
     }
 }
 
+/// Fuel a VM starts with (and gets back at `reset_hostcalls`): never runs out.
+const FUEL: u64 = u64::MAX / 4;
+
 /// A stream (HTTP context) of a [`Vm`]; its value is the context id Envoy gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u32);
@@ -229,6 +232,7 @@ impl Vm {
         cfg: VmConfig,
     ) -> anyhow::Result<Vm> {
         let mut store = Store::new(engine, Host::new(world.clone(), cfg));
+        store.set_fuel(FUEL)?;
         let linker = hostcalls::linker(&mut store, &module)?;
         let instance = linker
             .instantiate(&mut store, &module)
@@ -1083,6 +1087,28 @@ impl Vm {
     /// order made visible.
     pub fn calls(&self) -> &[VmCall] {
         &self.host().calls
+    }
+
+    /// Calls per import name (and `proxy_on_memory_allocate`) since the last
+    /// `reset_hostcalls`.
+    pub fn hostcalls(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.host().hostcalls
+    }
+
+    /// The total of `hostcalls`: the crossings a request cost.
+    pub fn hostcall_count(&self) -> u64 {
+        self.host().hostcalls.values().sum()
+    }
+
+    pub fn reset_hostcalls(&mut self) {
+        self.store.data_mut().hostcalls.clear();
+        let _ = self.store.set_fuel(FUEL);
+    }
+
+    /// Wasm operators executed since the VM started or `reset_hostcalls` (wasmtime
+    /// fuel): the filter's own compute, deterministic where time is not.
+    pub fn fuel_used(&self) -> u64 {
+        FUEL.saturating_sub(self.store.get_fuel().unwrap_or(FUEL))
     }
 
     /// How many `define_metric` calls this VM made (Envoy allocates per call: a

@@ -41,6 +41,15 @@ fn compiled(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
         let mut config = wasmtime::Config::new();
         // Tests run short; compile time dominates, so skip cranelift's optimizations.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
+        // Fuel counts the wasm operators a VM executes: the deterministic measure of
+        // a filter's own compute (`Vm::fuel_used`).
+        config.consume_fuel(true);
+        // Profiling the guest (`perf record` on a test): optimized code and a perf
+        // map naming each wasm function (build the module unstripped).
+        if std::env::var_os("MESHWASM_EMULATOR_PERFMAP").is_some() {
+            config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).unwrap_or_else(|_| Engine::default());
         (engine, Mutex::new(HashMap::new()))
     });
