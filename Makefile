@@ -38,11 +38,15 @@ setup: .venv/envoy-bin .apt-stamp
 	  fi
 	@touch $@
 
-## build: dist/<filter>.wasm for every filter, plus dist/noop.wasm (the benchmark floor)
+## build: dist/<filter>.wasm for every filter, plus dist/noop.wasm (the benchmark floor).
+## Each filter's unused proxy-wasm callbacks are then pruned from its exports
+## (`meshwasm prune-callbacks`, see cli/src/prune.rs); the no-op stays as the SDK builds it.
 build:
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS) noop,-p $(f))
+	cargo build -p meshwasm-cli
 	@mkdir -p $(DIST)
 	@for f in $(FILTERS) noop; do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$f.wasm $(DIST)/$$f.wasm; done
+	$(CARGO_TARGET_DIR)/debug/meshwasm prune-callbacks $(foreach f,$(FILTERS),$(DIST)/$(f).wasm)
 	@ls -l $(DIST)/*.wasm
 
 fmt:

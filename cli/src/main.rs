@@ -5,6 +5,7 @@ mod filter;
 mod image;
 mod manifest;
 mod objects;
+mod prune;
 mod registry;
 
 use std::io::{Read, Write};
@@ -52,6 +53,11 @@ pub enum CliError {
     Registry(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{path}: {source}")]
+    Prune {
+        path: String,
+        source: prune::PruneError,
+    },
 }
 
 impl CliError {
@@ -99,6 +105,13 @@ enum Command {
     /// OCI images in the Wasm compat format Istio pulls.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Build step (`make build`): drop from each module's exports the proxy-wasm
+    /// callbacks it does not declare in its `meshwasm.callbacks` section, so Envoy
+    /// never enters the VM for them. Rewrites the files in place.
+    PruneCallbacks {
+        #[arg(required = true)]
+        modules: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -254,6 +267,22 @@ fn run(command: Command) -> Result<(), CliError> {
             file,
             print,
         } => check(filter, &file, print),
+        Command::PruneCallbacks { modules } => {
+            for path in modules {
+                let wasm = std::fs::read(&path).map_err(|e| CliError::io(&path, e))?;
+                let pruned = prune::prune_callbacks(&wasm).map_err(|source| CliError::Prune {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if pruned.removed.is_empty() {
+                    println!("{}: unchanged", path.display());
+                    continue;
+                }
+                std::fs::write(&path, &pruned.module).map_err(|e| CliError::io(&path, e))?;
+                println!("{}: removed {}", path.display(), pruned.removed.join(" "));
+            }
+            Ok(())
+        }
         Command::Wasmplugin(args) => render(&args, None),
         Command::Envoyfilter {
             render: args,

@@ -117,6 +117,7 @@ fn bench_cases_stay_within_their_hostcall_budget() {
             };
             let mut counts = BTreeMap::new();
             let mut fuel = 0;
+            let mut entries: Vec<String> = Vec::new();
             for i in 0..4 {
                 let mut hs = headers.clone();
                 if let Some(c) = cycle.get(i) {
@@ -126,6 +127,7 @@ fn bench_cases_stay_within_their_hostcall_budget() {
                 let refs: Vec<(&str, &str)> =
                     hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 vm.reset_hostcalls();
+                let calls_before = vm.calls().len();
                 let s = vm.new_stream();
                 vm.set_property(s, &["source", "address"], b"127.0.0.1:40000".to_vec());
                 vm.request_headers(s, &refs, true).unwrap();
@@ -135,11 +137,16 @@ fn bench_cases_stay_within_their_hostcall_budget() {
                 vm.finish(s).unwrap();
                 counts = vm.hostcalls().clone();
                 fuel = vm.fuel_used();
+                entries = vm.calls()[calls_before..]
+                    .iter()
+                    .map(|c| c.name.trim_start_matches("proxy_on_").to_string())
+                    .collect();
             }
-            let total: u64 = counts.values().sum();
+            // Crossings: the host calls and Envoy's entries into the VM.
+            let total: u64 = counts.values().sum::<u64>() + entries.len() as u64;
             let budget = case["hostcall_budget"].as_u64();
             report.push_str(&format!(
-                "{name}: {total} host calls per request (budget {budget:?}), {fuel} wasm operators: {counts:?}\n"
+                "{name}: {total} crossings per request (budget {budget:?}), {fuel} wasm operators; VM entries {entries:?}, host calls {counts:?}\n"
             ));
             if budget.is_some_and(|b| total > b) {
                 over.push(name.to_string());

@@ -21,6 +21,10 @@ use serde_json::Value;
 const FILTER: &str = "authz";
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 
+// Envoy enters the VM only for these: the decision, the CUSTOM provider's answer,
+// and `delete` (frees the stream). `make build` prunes every other callback.
+meshwasm_glue::callbacks!("request_headers http_call_response delete");
+
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}

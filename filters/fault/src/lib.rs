@@ -29,6 +29,11 @@ const FILTER: &str = "fault";
 /// data. Istio leaves `vm_id` empty, so the key is prefixed.
 const ACTIVE_KEY: &str = "meshwasm.fault.active_faults";
 
+// Envoy enters the VM only for these: the decision, the tick that resumes
+// delayed requests, and `delete` (frees the stream and its fault slot). `make
+// build` prunes every other callback.
+meshwasm_glue::callbacks!("request_headers tick delete");
+
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}

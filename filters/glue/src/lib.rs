@@ -202,3 +202,28 @@ impl meshwasm_core::host::SharedStore for HostStore {
         }
     }
 }
+
+/// Declares the proxy-wasm callbacks a filter implements (names without the
+/// `proxy_on_` prefix, space-separated), in the module's `meshwasm.callbacks`
+/// custom section. `make build` (`meshwasm prune-callbacks`) then removes every
+/// other `proxy_on_*` callback from the exports the SDK gives every module, and
+/// Envoy skips what is not exported: a GET no longer enters the VM for response
+/// headers, response body, `on_done` and `on_log` it would ignore.
+/// `delete` must stay listed: it is where the SDK frees the stream's context.
+#[macro_export]
+macro_rules! callbacks {
+    ($list:literal) => {
+        #[link_section = "meshwasm.callbacks"]
+        #[used]
+        static MESHWASM_CALLBACKS: [u8; $list.len()] = {
+            let bytes = $list.as_bytes();
+            let mut out = [0u8; $list.len()];
+            let mut i = 0;
+            while i < bytes.len() {
+                out[i] = bytes[i];
+                i += 1;
+            }
+            out
+        };
+    };
+}

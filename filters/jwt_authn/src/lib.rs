@@ -27,6 +27,10 @@ const RETRY_AFTER_FAILURE_NS: u64 = 1_000_000_000;
 const KID_REFETCH_INTERVAL_NS: u64 = 30_000_000_000;
 const TICK_MS: u64 = 1000;
 
+// Envoy enters the VM only for these: verification, JWKS fetch answers and the
+// refresh tick, and `delete` (frees the stream). `make build` prunes the others.
+meshwasm_glue::callbacks!("request_headers http_call_response tick delete");
+
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}

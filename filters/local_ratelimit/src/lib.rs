@@ -26,6 +26,10 @@ const BODY: &str = "local_rate_limited";
 /// which an HTTP filter is not told).
 const MAX_CONNECTIONS: usize = 4096;
 
+// Envoy enters the VM only for these: the decision, the `x-ratelimit-*` response
+// headers, and `delete` (frees the stream). `make build` prunes the others.
+meshwasm_glue::callbacks!("request_headers response_headers delete");
+
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
@@ -180,12 +184,13 @@ struct Http {
 
 impl Context for Http {}
 
-fn is_grpc(headers: &[(String, Vec<u8>)]) -> bool {
-    headers.iter().any(|(n, v)| {
-        n == "content-type"
-            && (v.as_slice() == b"application/grpc"
-                || v.starts_with(b"application/grpc+")
-                || v.starts_with(b"application/grpc;"))
+/// Envoy `Grpc::Common::isGrpcRequestHeaders`: content-type `application/grpc`,
+/// or `application/grpc+...` / `application/grpc;...`. Read only on a rejection.
+fn is_grpc() -> bool {
+    glue::request_header("content-type").is_some_and(|v| {
+        v.as_slice() == b"application/grpc"
+            || v.starts_with(b"application/grpc+")
+            || v.starts_with(b"application/grpc;")
     })
 }
 
@@ -211,8 +216,19 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         sh.counters.enabled.inc();
-        let headers = glue::request_headers();
-        let ip = if cfg.has_descriptors() {
+        // The header map is the costliest host call: fetch only what the
+        // descriptor actions read.
+        let headers = if !cfg.needs_request_headers() {
+            Vec::new()
+        } else if let Some(names) = cfg.request_header_names() {
+            names
+                .into_iter()
+                .filter_map(|n| glue::request_header(n).map(|v| (n.to_string(), v)))
+                .collect()
+        } else {
+            glue::request_headers()
+        };
+        let ip = if cfg.needs_remote_address() {
             remote_ip()
         } else {
             None
@@ -280,7 +296,7 @@ impl HttpContext for Http {
                     .filter(|h| !h.value.is_empty() || h.keep_empty_value)
                     .map(|h| (h.name.as_str(), h.value.as_str()))
                     .collect();
-                if cfg.rate_limited_as_resource_exhausted && is_grpc(&headers) {
+                if cfg.rate_limited_as_resource_exhausted && is_grpc() {
                     // RESOURCE_EXHAUSTED (8) instead of the UNAVAILABLE Envoy maps 429 to.
                     let _ = hostcalls::send_grpc_response(
                         proxy_wasm::types::GrpcStatusCode::ResourceExhausted,

@@ -403,6 +403,36 @@ impl LocalRateLimit {
         !self.static_descriptors.is_empty() || !self.dynamic_descriptors.is_empty()
     }
 
+    /// Whether deciding needs the request headers: only descriptor actions read
+    /// them (fetching the header map is the costliest host call a request makes).
+    pub fn needs_request_headers(&self) -> bool {
+        self.has_descriptors() && self.rate_limits.iter().any(|p| p.reads_headers())
+    }
+
+    /// The headers deciding reads, when every header-reading action is a
+    /// `request_headers` one (its first value is all it reads, so fetching those
+    /// headers one by one is enough); None when some action needs the whole map.
+    pub fn request_header_names(&self) -> Option<Vec<&str>> {
+        let mut names = Vec::new();
+        for a in self.rate_limits.iter().flat_map(|p| &p.actions) {
+            match a {
+                Action::RequestHeaders { header_name, .. } => names.push(header_name.as_str()),
+                Action::HeaderValueMatch { .. }
+                | Action::QueryParameters { .. }
+                | Action::QueryParameterValueMatch { .. } => return None,
+                Action::RemoteAddress
+                | Action::GenericKey { .. }
+                | Action::MaskedRemoteAddress { .. } => {}
+            }
+        }
+        Some(names)
+    }
+
+    /// Whether deciding needs the client address (`source.address`).
+    pub fn needs_remote_address(&self) -> bool {
+        self.has_descriptors() && self.rate_limits.iter().any(|p| p.reads_remote_address())
+    }
+
     /// Filter enabled for this request (absent `filter_enabled` = 0 %: inactive).
     pub fn enabled(&self, random: u64) -> bool {
         self.filter_enabled.is_some_and(|f| f.roll(random))

@@ -726,3 +726,40 @@ fn shadow_mode_descriptor_and_not_enforced() {
         Verdict::LimitedNotEnforced
     );
 }
+
+#[test]
+fn what_a_decision_reads_follows_the_actions() {
+    // No descriptors: the native filter builds none, so nothing is read.
+    let plain = cfg(
+        json!({"stat_prefix": "p", "token_bucket": {"max_tokens": 1, "fill_interval": "1s"},
+        "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}]}),
+    );
+    assert!(!plain.needs_request_headers());
+    assert!(!plain.needs_remote_address());
+
+    let by_header = actions_cfg(json!([
+        {"request_headers": {"header_name": "X-User", "descriptor_key": "user"}},
+        {"generic_key": {"descriptor_value": "g"}}
+    ]));
+    assert!(by_header.needs_request_headers());
+    assert!(!by_header.needs_remote_address());
+    assert_eq!(by_header.request_header_names(), Some(vec!["x-user"]));
+
+    let by_match = actions_cfg(json!([
+        {"request_headers": {"header_name": "x-user", "descriptor_key": "user"}},
+        {"header_value_match": {"descriptor_value": "m", "headers": [{"name": "x-a", "present_match": true}]}}
+    ]));
+    assert!(by_match.needs_request_headers());
+    assert_eq!(by_match.request_header_names(), None);
+
+    let by_query = actions_cfg(json!([
+        {"query_parameters": {"query_parameter_name": "q", "descriptor_key": "q"}}
+    ]));
+    assert_eq!(by_query.request_header_names(), None);
+
+    let by_address = actions_cfg(json!([{"remote_address": {}}]));
+    assert!(!by_address.needs_request_headers());
+    assert!(by_address.needs_remote_address());
+    let masked = actions_cfg(json!([{"masked_remote_address": {}}]));
+    assert!(masked.needs_remote_address());
+}
