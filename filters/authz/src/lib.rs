@@ -100,8 +100,9 @@ impl RootContext for Root {
 /// The request as policies see it; each field fetched at most once.
 struct View {
     authz: Rc<Authz>,
-    /// Request headers, repeated names grouped (values in order).
-    headers: Option<Vec<(String, Vec<String>)>>,
+    /// Per `Authz::header_names` slot, that header's values in order (None when
+    /// absent): only the headers policies name are copied out of the map.
+    slots: Option<Vec<Option<Vec<String>>>>,
     remote: Option<Option<IpAddr>>,
     direct: Option<Option<IpAddr>>,
     dest_ip: Option<Option<IpAddr>>,
@@ -112,15 +113,13 @@ struct View {
     filter_meta: Vec<(String, Option<Value>)>,
     jwt: Option<Option<Value>>,
     url_path: Option<Option<String>>,
-    /// Header slot (`Authz::header_names`) → index in `headers`.
-    slots: Option<Vec<Option<usize>>>,
 }
 
 impl View {
     fn new(authz: Rc<Authz>) -> View {
         View {
             authz,
-            headers: None,
+            slots: None,
             remote: None,
             direct: None,
             dest_ip: None,
@@ -131,32 +130,54 @@ impl View {
             filter_meta: Vec::new(),
             jwt: None,
             url_path: None,
-            slots: None,
         }
     }
 
-    /// Request headers grouped by name. The whole map is fetched because
-    /// single-header reads cannot tell an empty value from an absent header.
-    fn headers(&mut self) -> &[(String, Vec<String>)] {
-        self.headers.get_or_insert_with(|| {
-            let mut out: Vec<(String, Vec<String>)> = Vec::new();
-            for (k, v) in glue::request_headers() {
-                let v = String::from_utf8_lossy(&v).into_owned();
-                match out.iter_mut().find(|(n, _)| *n == k) {
-                    Some((_, values)) => values.push(v),
-                    None => out.push((k, vec![v])),
-                }
-            }
-            out
-        })
+    /// Reads the request headers once: the whole map, because single-header
+    /// reads cannot tell an empty value from an absent header. Parsed in place;
+    /// the policies' headers and `:path` are all that is kept.
+    fn load_headers(&mut self) {
+        if self.slots.is_some() {
+            return;
+        }
+        let map = glue::request_header_map();
+        let pairs = map.pairs();
+        let slots = self
+            .authz
+            .header_names()
+            .iter()
+            .map(|n| {
+                let values: Vec<String> = pairs
+                    .iter()
+                    .filter(|(k, _)| *k == n.as_str())
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                (!values.is_empty()).then_some(values)
+            })
+            .collect();
+        let path = pairs
+            .iter()
+            .find(|(k, _)| *k == ":path")
+            .map(|(_, v)| strip_query(&String::from_utf8_lossy(v)).to_string());
+        self.slots = Some(slots);
+        self.url_path = Some(path);
     }
 
-    /// Headers as (name, value) pairs for the ext_authz check request.
+    /// Headers as (name, value) pairs for the ext_authz check request (repeated
+    /// names joined with `,`, in first-seen order).
     fn header_pairs(&mut self) -> Vec<(String, String)> {
-        self.headers()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.join(",")))
-            .collect()
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in glue::request_headers() {
+            let v = String::from_utf8_lossy(&v).into_owned();
+            match out.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, joined)) => {
+                    joined.push(',');
+                    joined.push_str(&v);
+                }
+                None => out.push((k, v)),
+            }
+        }
+        out
     }
 
     fn metadata_bytes(&mut self) -> Option<&[u8]> {
@@ -172,30 +193,12 @@ fn socket_ip(path: &[&str]) -> Option<IpAddr> {
 
 impl RequestAttrs for View {
     fn header(&mut self, slot: usize, _name: &str) -> Option<&[String]> {
-        if self.slots.is_none() {
-            let authz = self.authz.clone();
-            let headers = self.headers();
-            let slots = authz
-                .header_names()
-                .iter()
-                .map(|n| headers.iter().position(|(k, _)| k == n))
-                .collect();
-            self.slots = Some(slots);
-        }
-        let idx = (*self.slots.as_ref()?.get(slot)?)?;
-        self.headers.as_ref()?.get(idx).map(|(_, v)| v.as_slice())
+        self.load_headers();
+        self.slots.as_ref()?.get(slot)?.as_deref()
     }
 
     fn url_path(&mut self) -> Option<&str> {
-        if self.url_path.is_none() {
-            let p = self
-                .headers()
-                .iter()
-                .find(|(k, _)| k == ":path")
-                .and_then(|(_, v)| v.first())
-                .map(|p| strip_query(p).to_string());
-            self.url_path = Some(p);
-        }
+        self.load_headers();
         self.url_path.as_ref().and_then(|p| p.as_deref())
     }
 

@@ -439,17 +439,27 @@ impl HttpMatchList {
 /// them over (lower-case names, pseudo-headers `:path`, `:method`,
 /// `:authority`, `:scheme` included; values as bytes).
 pub struct RequestView<'a> {
-    headers: &'a [(String, Vec<u8>)],
+    headers: Vec<(&'a str, &'a [u8])>,
     path: &'a [u8],
     query: OnceCell<Vec<(&'a [u8], &'a [u8])>>,
 }
 
 impl<'a> RequestView<'a> {
     pub fn new(headers: &'a [(String, Vec<u8>)]) -> Self {
+        Self::from_pairs(
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
+        )
+    }
+
+    /// A view over borrowed pairs (e.g. a header map parsed in place).
+    pub fn from_pairs(headers: Vec<(&'a str, &'a [u8])>) -> Self {
         let path = headers
             .iter()
-            .find(|(k, _)| k == ":path")
-            .map(|(_, v)| v.as_slice())
+            .find(|(k, _)| *k == ":path")
+            .map(|(_, v)| *v)
             .unwrap_or(b"");
         RequestView {
             headers,
@@ -477,10 +487,10 @@ impl<'a> RequestView<'a> {
     /// `getAllOfHeaderAsString` does. `name` must be lower-case.
     pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
         let mut found: Option<Cow<'a, [u8]>> = None;
-        for (k, v) in self.headers {
+        for &(k, v) in &self.headers {
             if k.eq_ignore_ascii_case(name) {
                 found = Some(match found {
-                    None => Cow::Borrowed(v.as_slice()),
+                    None => Cow::Borrowed(v),
                     Some(prev) => {
                         let mut joined = prev.into_owned();
                         joined.push(b',');
@@ -499,7 +509,7 @@ impl<'a> RequestView<'a> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|&(_, v)| v)
     }
 
     /// The first value of a query parameter, raw (not percent-decoded), as

@@ -208,8 +208,8 @@ impl HttpContext for Http {
         if w.policy.is_inert() {
             return Action::Continue;
         }
-        let headers = glue::request_headers();
-        let view = RequestView::new(&headers);
+        let map = glue::request_header_map();
+        let view = RequestView::from_pairs(map.pairs());
         let w = &mut *w;
         let Some((route, fault)) = w.policy.select(&view) else {
             return Action::Continue;

@@ -80,6 +80,63 @@ pub fn request_headers() -> Vec<(String, Vec<u8>)> {
     hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
+/// The request header map as the host serialized it, parsed in place by
+/// [`HeaderMapBytes::pairs`]: one buffer instead of two allocations per header
+/// (what the SDK's `get_map_bytes` makes), which is most of the wasm work a
+/// simple match costs.
+pub struct HeaderMapBytes(Vec<u8>);
+
+impl HeaderMapBytes {
+    /// `(name, value)` pairs in the host's order. The format is proxy-wasm's:
+    /// `count: u32`, then `count` × (`name_len: u32`, `value_len: u32`), then each
+    /// name and value followed by a NUL. A malformed buffer yields the pairs read
+    /// so far; a name that is not UTF-8 (Envoy never sends one) is skipped.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        let b = self.0.as_slice();
+        let word = |at: usize| -> Option<usize> {
+            let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+            Some(u32::from_le_bytes(w) as usize)
+        };
+        let Some(count) = word(0) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(count.min(128));
+        let mut data = count.saturating_mul(8).saturating_add(4);
+        for i in 0..count {
+            let (Some(nl), Some(vl)) = (word(4 + i * 8), word(8 + i * 8)) else {
+                break;
+            };
+            let name_end = data.saturating_add(nl);
+            let value_start = name_end.saturating_add(1);
+            let value_end = value_start.saturating_add(vl);
+            let (Some(name), Some(value)) = (b.get(data..name_end), b.get(value_start..value_end))
+            else {
+                break;
+            };
+            data = value_end.saturating_add(1);
+            if let Ok(name) = std::str::from_utf8(name) {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+}
+
+/// All request headers, zero-copy (see [`HeaderMapBytes`]). Empty when the map
+/// is no longer available (after `Continue`).
+pub fn request_header_map() -> HeaderMapBytes {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // MapType::HttpRequestHeaders = 0.
+    let status = unsafe { proxy_get_header_map_pairs(0, &mut ptr, &mut size) };
+    if status != 0 || ptr.is_null() || size == 0 {
+        return HeaderMapBytes(Vec::new());
+    }
+    // The host allocated `size` bytes through the SDK's `proxy_on_memory_allocate`
+    // (a `Vec<u8>` with that capacity, forgotten): ours to own and free.
+    HeaderMapBytes(unsafe { Vec::from_raw_parts(ptr, size, size) })
+}
+
 /// One request header, as bytes.
 pub fn request_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
@@ -141,6 +198,11 @@ pub fn set_filter_state(key: &str, value: &[u8]) -> bool {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -226,4 +288,52 @@ macro_rules! callbacks {
             out
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderMapBytes;
+
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            b.extend((k.len() as u32).to_le_bytes());
+            b.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            b.extend(k.as_bytes());
+            b.push(0);
+            b.extend(*v);
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn pairs_round_trip_in_order() {
+        let pairs: [(&str, &[u8]); 4] = [
+            (":path", b"/a?b"),
+            ("x-empty", b""),
+            ("x-bin", b"\xff\x00z"),
+            ("x-dup", b"1"),
+        ];
+        let map = HeaderMapBytes(serialize(&pairs));
+        assert_eq!(map.pairs(), pairs.to_vec());
+        assert!(HeaderMapBytes(Vec::new()).pairs().is_empty());
+    }
+
+    #[test]
+    fn malformed_maps_never_panic() {
+        let good = serialize(&[("a", b"1"), ("b", b"2")]);
+        for cut in 0..good.len() {
+            let _ = HeaderMapBytes(good[..cut].to_vec()).pairs();
+        }
+        // Lengths far beyond the buffer, and a huge count.
+        let mut bad = good.clone();
+        bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMapBytes(bad).pairs().is_empty());
+        let mut bad = good;
+        bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMapBytes(bad).pairs().is_empty());
+    }
 }
