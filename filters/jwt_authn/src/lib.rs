@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwasm_core::jwt::{
-    payload_to_msgpack, Decision, HeaderOp, Jwks, JwtAuthn, KeyState, RemoteKeys, TokenCache,
-    FILTER_STATE_PAYLOAD, FILTER_STATE_PRINCIPAL, METRIC_REASONS,
+    Decision, HeaderOp, Jwks, JwtAuthn, KeyState, RemoteKeys, TokenCache, FILTER_STATE_PAYLOAD,
+    FILTER_STATE_PRINCIPAL, METRIC_REASONS,
 };
 use meshwasm_glue::{self as glue, Counter};
 use proxy_wasm::hostcalls;
@@ -97,7 +97,13 @@ struct State {
     now: u64,
 }
 
-impl RemoteKeys for State {
+/// The remote keys of this worker at `now` (borrowed apart from the cache).
+struct Keys<'a> {
+    remote: &'a [RemoteState],
+    now: u64,
+}
+
+impl RemoteKeys for Keys<'_> {
     fn keys(&self, provider: usize) -> KeyState<'_> {
         let Some(r) = self.remote.get(provider) else {
             return KeyState::Failed;
@@ -272,13 +278,23 @@ fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size:
     }
 }
 
+/// The request headers of the effective context, values as text (invalid
+/// UTF-8 replaced, as before; valid values are not copied).
+fn request_headers() -> Vec<(String, String)> {
+    glue::request_headers()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            (k, v)
+        })
+        .collect()
+}
+
 /// Decides the request of the effective context and applies the decision.
 /// `paused`: the request waits in Pause and must be resumed on success.
 fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
-    let headers: Vec<(String, String)> = glue::request_headers()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
+    let mut headers = Some(request_headers());
     let mut guard = shared.borrow_mut();
     let Some(st) = guard.as_mut() else {
         return Action::Continue;
@@ -288,9 +304,14 @@ fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
     let mut decision = None;
     // At most a few rounds: keys adopted from shared data, then a fetch.
     for _ in 0..4 {
-        let mut cache = std::mem::replace(&mut st.cache, TokenCache::new(0));
-        let ev = authn.evaluate(headers.clone(), st.now / 1_000_000_000, &*st, &mut cache);
-        st.cache = cache;
+        // Evaluation consumes the headers; a second round (keys were needed
+        // first, rare) reads them again.
+        let headers = headers.take().unwrap_or_else(request_headers);
+        let keys = Keys {
+            remote: &st.remote,
+            now: st.now,
+        };
+        let ev = authn.evaluate(headers, st.now / 1_000_000_000, &keys, &mut st.cache);
         st.metrics.cache_hit.add(u64::from(ev.cache_hits));
         st.metrics.cache_miss.add(u64::from(ev.cache_misses));
         match ev.decision {
@@ -340,7 +361,7 @@ fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
                 }
             }
             if let Some(payload) = &allow.payload {
-                glue::set_filter_state(FILTER_STATE_PAYLOAD, &payload_to_msgpack(payload));
+                glue::set_filter_state(FILTER_STATE_PAYLOAD, payload.msgpack());
             }
             if let Some(principal) = &allow.principal {
                 glue::set_filter_state(FILTER_STATE_PRINCIPAL, principal.as_bytes());

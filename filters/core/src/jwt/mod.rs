@@ -30,8 +30,8 @@ pub use cache::TokenCache;
 pub use config::{parse_jwks_uri, JwtRule, RemoteJwks, RequestAuthenticationSpec};
 pub use jwks::Jwks;
 pub use payload::{
-    payload_from_msgpack, payload_to_msgpack, request_principal, FILTER_STATE_PAYLOAD,
-    FILTER_STATE_PRINCIPAL,
+    payload_from_msgpack, payload_to_msgpack, request_principal, VerifiedPayload,
+    FILTER_STATE_PAYLOAD, FILTER_STATE_PRINCIPAL,
 };
 pub use request::{HeaderOp, Request};
 pub use status::{Status, METRIC_REASONS};
@@ -112,9 +112,10 @@ pub struct Allow {
     /// Header edits to apply, in order.
     pub ops: Vec<HeaderOp>,
     /// The verified payload (space-delimited claims split into lists, as in
-    /// Envoy's dynamic metadata); None when no token was verified.
-    pub payload: Option<Value>,
-    pub principal: Option<String>,
+    /// Envoy's dynamic metadata) and its MessagePack; None when no token was
+    /// verified. Shared with the token cache.
+    pub payload: Option<Rc<VerifiedPayload>>,
+    pub principal: Option<Rc<str>>,
     pub cors_preflight: bool,
 }
 
@@ -150,10 +151,44 @@ struct Ctx<'a> {
     now: u64,
     keys: &'a dyn RemoteKeys,
     cache: &'a mut TokenCache,
-    payload: Option<Value>,
-    principal: Option<String>,
+    payload: Option<Rc<VerifiedPayload>>,
+    principal: Option<Rc<str>>,
     hits: u32,
     misses: u32,
+}
+
+/// A token verified for one provider, with everything its success writes,
+/// computed once and kept in the token cache.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    jwt: Jwt,
+    payload: Rc<VerifiedPayload>,
+    principal: Option<Rc<str>>,
+    /// The value of each of the provider's `claim_to_headers`, in order.
+    claim_headers: Vec<Option<String>>,
+}
+
+impl Verified {
+    fn new(provider: &Provider, jwt: Jwt) -> Verified {
+        let payload = Rc::new(VerifiedPayload::new(normalize_payload(
+            &jwt.payload,
+            &provider.space_delimited_claims,
+        )));
+        let principal = (!jwt.iss.is_empty()
+            && jwt.payload.get("sub").is_some_and(Value::is_string))
+        .then(|| Rc::from(format!("{}/{}", jwt.iss, jwt.sub)));
+        let claim_headers = provider
+            .claim_to_headers
+            .iter()
+            .map(|(_, claim)| claim_header_value(&jwt.payload, claim))
+            .collect();
+        Verified {
+            jwt,
+            payload,
+            principal,
+            claim_headers,
+        }
+    }
 }
 
 /// Evaluation stops early when keys must be fetched.
@@ -262,7 +297,7 @@ impl JwtAuthn {
             audiences: rule
                 .audiences
                 .iter()
-                .map(|a| sanitize_audience(a))
+                .map(|a| sanitize_audience(a).to_string())
                 .collect(),
             keys,
             forward: rule.forward_original_token,
@@ -369,18 +404,14 @@ impl JwtAuthn {
                 children,
                 allow_missing,
             } => {
-                let mut statuses = Vec::with_capacity(children.len());
+                // Envoy's AnyVerifier: prefer a "real" error (the last one),
+                // then JwtUnknownIssuer, then JwtMissed.
+                let mut fin = Status::JwtMissed;
                 for child in children {
                     let s = self.eval(child, ctx)?;
                     if s == Status::Ok {
                         return Ok(s);
                     }
-                    statuses.push(s);
-                }
-                // Envoy's AnyVerifier: prefer a "real" error (the last one),
-                // then JwtUnknownIssuer, then JwtMissed.
-                let mut fin = Status::JwtMissed;
-                for s in statuses {
                     if (s != Status::JwtMissed && s != Status::JwtUnknownIssuer)
                         || fin == Status::JwtMissed
                     {
@@ -427,70 +458,63 @@ impl JwtAuthn {
         ctx: &mut Ctx,
     ) -> Result<Status, NeedKeys> {
         let provider = &self.providers[p];
-        let key = TokenCache::key(p, token);
-        let (jwt, hit) = match ctx.cache.lookup(&key) {
-            Some(jwt) => {
-                ctx.hits += 1;
-                (jwt, true)
-            }
-            None => {
-                ctx.misses += 1;
-                match Jwt::parse(token) {
-                    Ok(j) => (Rc::new(j), false),
-                    Err(s) => return Ok(s),
-                }
-            }
-        };
-        if !provider.issuer.is_empty() && jwt.iss != provider.issuer {
-            return Ok(Status::JwtUnknownIssuer);
-        }
-        let s = jwt.verify_time(ctx.now, CLOCK_SKEW_SECONDS);
-        if s != Status::Ok {
-            return Ok(s);
-        }
-        if !audiences_allowed(&provider.audiences, &jwt.audiences) {
-            return Ok(Status::JwtAudienceNotAllowed);
-        }
-        if !hit {
-            let s = match &provider.keys {
-                KeySource::Inline(jwks) => jwks.verify(&jwt),
-                KeySource::Remote(_) => match ctx.keys.keys(p) {
-                    KeyState::Pending => {
-                        return Err(NeedKeys {
-                            provider: p,
-                            refetch: false,
-                        })
-                    }
-                    KeyState::Failed => Status::JwksFetchFail,
-                    KeyState::Ready { jwks, can_refetch } => {
-                        // A kid the current keys do not know: the issuer may
-                        // have rotated; refetch once (rate-limited) before failing.
-                        if can_refetch && !jwt.kid.is_empty() && !jwks.has_candidate(&jwt) {
-                            return Err(NeedKeys {
-                                provider: p,
-                                refetch: true,
-                            });
-                        }
-                        jwks.verify(&jwt)
-                    }
-                },
-            };
+        if let Some(verified) = ctx.cache.lookup(p, token) {
+            ctx.hits += 1;
+            let s = provider.check_claims(&verified.jwt, ctx.now);
             if s != Status::Ok {
                 return Ok(s);
             }
-            ctx.cache.insert(key, jwt.clone(), ctx.now);
+            self.handle_good(provider, &verified, location, ctx);
+            return Ok(Status::Ok);
         }
-        self.handle_good(provider, &jwt, location, ctx);
+        ctx.misses += 1;
+        let jwt = match Jwt::parse(token) {
+            Ok(j) => j,
+            Err(s) => return Ok(s),
+        };
+        let s = provider.check_claims(&jwt, ctx.now);
+        if s != Status::Ok {
+            return Ok(s);
+        }
+        let s = match &provider.keys {
+            KeySource::Inline(jwks) => jwks.verify(&jwt),
+            KeySource::Remote(_) => match ctx.keys.keys(p) {
+                KeyState::Pending => {
+                    return Err(NeedKeys {
+                        provider: p,
+                        refetch: false,
+                    })
+                }
+                KeyState::Failed => Status::JwksFetchFail,
+                KeyState::Ready { jwks, can_refetch } => {
+                    // A kid the current keys do not know: the issuer may
+                    // have rotated; refetch once (rate-limited) before failing.
+                    if can_refetch && !jwt.kid.is_empty() && !jwks.has_candidate(&jwt) {
+                        return Err(NeedKeys {
+                            provider: p,
+                            refetch: true,
+                        });
+                    }
+                    jwks.verify(&jwt)
+                }
+            },
+        };
+        if s != Status::Ok {
+            return Ok(s);
+        }
+        let verified = Rc::new(Verified::new(provider, jwt));
+        ctx.cache.insert(p, token, verified.clone());
+        self.handle_good(provider, &verified, location, ctx);
         Ok(Status::Ok)
     }
 
-    fn handle_good(&self, provider: &Provider, jwt: &Jwt, location: &Location, ctx: &mut Ctx) {
+    fn handle_good(&self, provider: &Provider, v: &Verified, location: &Location, ctx: &mut Ctx) {
         if let Some(h) = &provider.forward_payload_header {
-            ctx.req.add(h, jwt.payload_b64.clone());
+            ctx.req.add(h, v.jwt.payload_b64.clone());
         }
-        for (header, claim) in &provider.claim_to_headers {
-            if let Some(v) = claim_header_value(&jwt.payload, claim) {
-                ctx.req.add(header, v);
+        for ((header, _), value) in provider.claim_to_headers.iter().zip(&v.claim_headers) {
+            if let Some(value) = value {
+                ctx.req.add(header, value.clone());
             }
         }
         if !provider.forward {
@@ -504,13 +528,8 @@ impl JwtAuthn {
                 Location::Cookie => {}
             }
         }
-        ctx.payload = Some(normalize_payload(
-            &jwt.payload,
-            &provider.space_delimited_claims,
-        ));
-        ctx.principal = (!jwt.iss.is_empty()
-            && jwt.payload.get("sub").is_some_and(Value::is_string))
-        .then(|| format!("{}/{}", jwt.iss, jwt.sub));
+        ctx.payload = Some(v.payload.clone());
+        ctx.principal = v.principal.clone();
     }
 
     /// Whether any provider fetches its keys remotely.
@@ -528,6 +547,24 @@ impl JwtAuthn {
     }
 }
 
+impl Provider {
+    /// Issuer, time and audiences, checked before the signature (and again on
+    /// every cache hit: `exp` moves on).
+    fn check_claims(&self, jwt: &Jwt, now: u64) -> Status {
+        if !self.issuer.is_empty() && jwt.iss != self.issuer {
+            return Status::JwtUnknownIssuer;
+        }
+        let s = jwt.verify_time(now, CLOCK_SKEW_SECONDS);
+        if s != Status::Ok {
+            return s;
+        }
+        if !audiences_allowed(&self.audiences, &jwt.audiences) {
+            return Status::JwtAudienceNotAllowed;
+        }
+        Status::Ok
+    }
+}
+
 /// `OPTIONS` with non-empty `origin` and `access-control-request-method`.
 fn is_cors_preflight(req: &Request) -> bool {
     req.header(":method") == Some("OPTIONS")
@@ -537,32 +574,19 @@ fn is_cors_preflight(req: &Request) -> bool {
             .is_some_and(|v| !v.is_empty())
 }
 
-fn sanitize_audience(aud: &str) -> String {
-    if aud.is_empty() {
-        return String::new();
-    }
-    let mut s = aud;
-    let mut changed = false;
-    if let Some(r) = s.strip_prefix("http://") {
-        s = r;
-        changed = true;
-    } else if let Some(r) = s.strip_prefix("https://") {
-        s = r;
-        changed = true;
-    }
-    if aud.ends_with('/') {
-        s = s.strip_suffix('/').unwrap_or(s);
-        changed = true;
-    }
-    if changed {
-        s.to_string()
-    } else {
-        aud.to_string()
-    }
+fn sanitize_audience(aud: &str) -> &str {
+    let s = aud
+        .strip_prefix("http://")
+        .or_else(|| aud.strip_prefix("https://"))
+        .unwrap_or(aud);
+    s.strip_suffix('/').unwrap_or(s)
 }
 
 fn audiences_allowed(config: &[String], token: &[String]) -> bool {
-    config.is_empty() || token.iter().any(|a| config.contains(&sanitize_audience(a)))
+    config.is_empty()
+        || token
+            .iter()
+            .any(|a| config.iter().any(|c| c == sanitize_audience(a)))
 }
 
 /// `StructUtils::GetValue` with a dotted path.

@@ -2,6 +2,8 @@
 //! filter state `wasm.meshwasm.jwt_payload`, written by jwt_authn and read by
 //! authz. Both sides call these two functions, so the encoding lives in one place.
 
+use std::ops::Deref;
+
 use serde_json::Value;
 
 /// Filter-state key (without Envoy's `wasm.` prefix) of the verified payload.
@@ -13,6 +15,39 @@ pub const FILTER_STATE_PRINCIPAL: &str = "meshwasm.request_principal";
 pub fn payload_to_msgpack(payload: &Value) -> Vec<u8> {
     // Serializing a serde_json::Value into a Vec cannot fail (no I/O, string keys).
     rmp_serde::to_vec(payload).unwrap_or_default()
+}
+
+/// A verified payload (after claim normalization) with its MessagePack
+/// encoding, made once per verified token and shared by every request that
+/// repeats the token. Derefs to the JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedPayload {
+    value: Value,
+    msgpack: Vec<u8>,
+}
+
+impl VerifiedPayload {
+    pub fn new(value: Value) -> VerifiedPayload {
+        let msgpack = payload_to_msgpack(&value);
+        VerifiedPayload { value, msgpack }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// `payload_to_msgpack(self.value())`, the bytes for filter state.
+    pub fn msgpack(&self) -> &[u8] {
+        &self.msgpack
+    }
+}
+
+impl Deref for VerifiedPayload {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
 }
 
 /// Decodes what `payload_to_msgpack` wrote. None when the bytes are not a

@@ -21,11 +21,10 @@ pub struct Request {
 
 impl Request {
     /// Header names are lower-cased here (HTTP/2 and Envoy already do).
-    pub fn new(headers: Vec<(String, String)>) -> Request {
-        let headers = headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
+    pub fn new(mut headers: Vec<(String, String)>) -> Request {
+        for (k, _) in headers.iter_mut() {
+            k.make_ascii_lowercase();
+        }
         Request {
             headers,
             ops: Vec::new(),
@@ -150,7 +149,12 @@ impl Locations {
                     value.to_string()
                 } else {
                     // The prefix may appear anywhere; absent means "no token here".
-                    let Some(pos) = value.find(prefix.as_str()) else {
+                    // (It is nearly always at the start: skip the substring search.)
+                    let pos = if value.starts_with(prefix.as_str()) {
+                        0
+                    } else if let Some(pos) = value.find(prefix.as_str()) {
+                        pos
+                    } else {
                         continue;
                     };
                     after_prefix(value, pos + prefix.len()).to_string()

@@ -734,3 +734,67 @@ fn fast_rsa_agrees_with_the_rsa_crate() {
         assert_eq!(ours, theirs, "{i}");
     }
 }
+
+#[test]
+fn a_cache_hit_writes_what_the_verification_wrote() {
+    let a = authn(json!({
+        "outputPayloadToHeader": "x-payload",
+        "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}, {"header": "x-none", "claim": "nope"}],
+        "forwardOriginalToken": true
+    }));
+    let mut cache = TokenCache::new(4);
+    let t = token("ES256", &claims());
+    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    assert_eq!((e1.cache_misses, e2.cache_hits), (1, 1));
+    assert_eq!(e1.decision, e2.decision);
+    let Decision::Allow(allow) = e2.decision else {
+        panic!("{:?}", e2.decision)
+    };
+    let payload_b64 = t.split('.').nth(1).unwrap().to_string();
+    assert_eq!(
+        allow.ops,
+        vec![
+            HeaderOp::Remove("x-payload".into()),
+            HeaderOp::Remove("x-sub".into()),
+            HeaderOp::Remove("x-none".into()),
+            HeaderOp::Add("x-payload".into(), payload_b64),
+            HeaderOp::Add("x-sub".into(), "alice".into()),
+        ]
+    );
+    let p = allow.payload.unwrap();
+    assert_eq!(p.msgpack(), payload_to_msgpack(p.value()).as_slice());
+    assert_eq!(payload_from_msgpack(p.msgpack()).as_ref(), Some(p.value()));
+    assert_eq!(p["scope"], json!(["read", "write"]));
+    // A token that differs in one signature byte is not the cached one.
+    let mut forged = t.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let e3 = a.evaluate(bearer(&forged), NOW, &NoRemoteKeys, &mut cache);
+    assert_eq!((e3.cache_hits, e3.cache_misses), (0, 1));
+    assert_eq!(denied(&e3.decision), Some((401, "Jwt verification fails")));
+}
+
+#[test]
+fn the_cache_is_per_provider() {
+    let other = "https://other.example";
+    let cfg = json!({"jwtRules": [
+        {"issuer": ISS, "jwks": jwks_json(DEFAULT_KEYS)},
+        {"issuer": other, "jwks": jwks_json(DEFAULT_KEYS)},
+    ]});
+    let a = JwtAuthn::from_json(cfg.to_string().as_bytes()).unwrap();
+    let mut cache = TokenCache::new(8);
+    let mut c = claims();
+    c["iss"] = json!(other);
+    let t = token("RS256", &c);
+    // origins-0 (ISS) misses and rejects the issuer, origins-1 verifies.
+    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    assert!(matches!(e1.decision, Decision::Allow(_)), "{e1:?}");
+    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    assert!(matches!(e2.decision, Decision::Allow(_)), "{e2:?}");
+    assert_eq!(cache.len(), 1);
+    // The provider whose issuer does not match never hits the other's entry.
+    assert_eq!((e2.cache_hits, e2.cache_misses), (1, 1), "{e1:?}");
+    assert_eq!(e1.cache_misses, 2);
+}
