@@ -136,7 +136,7 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// The first matching policy's id (Envoy reports the first match too).
-    fn first_match(&self, req: &mut dyn RequestAttrs) -> Option<&str> {
+    fn first_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<&str> {
         self.policies
             .iter()
             .find(|p| p.matches(req))
@@ -145,20 +145,20 @@ impl Engine {
 }
 
 impl Policy {
-    fn matches(&self, req: &mut dyn RequestAttrs) -> bool {
+    fn matches<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> bool {
         self.permissions.iter().any(|and| all(and, req))
             && self.principals.iter().any(|and| all(and, req))
     }
 }
 
-fn all(conds: &[Cond], req: &mut dyn RequestAttrs) -> bool {
+fn all<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> bool {
     conds
         .iter()
         .all(|c| c.any_of.iter().any(|l| l.matches(req)) != c.negate)
 }
 
 impl Leaf {
-    fn matches(&self, req: &mut dyn RequestAttrs) -> bool {
+    fn matches<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> bool {
         match self {
             Leaf::Any => true,
             Leaf::Header {
@@ -318,7 +318,7 @@ impl Authz {
 
     /// The ext_authz provider to call when a CUSTOM rule matches, with the
     /// matching policy id (`istio-ext-authz-<provider>-ns[..]-policy[..]-rule[..]`).
-    pub fn check_custom(&self, req: &mut dyn RequestAttrs) -> Option<(&ExtAuthzSettings, String)> {
+    pub fn check_custom<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<(&ExtAuthzSettings, String)> {
         let (engine, settings) = self.custom.as_ref()?;
         engine.first_match(req).map(|id| (settings, id.to_string()))
     }
@@ -339,7 +339,7 @@ impl Authz {
 
     /// AUDIT, then DENY (shadow, rules), then ALLOW (shadow, rules), as the
     /// three RBAC filters istiod emits run in that order.
-    pub fn evaluate(&self, req: &mut dyn RequestAttrs) -> Decision {
+    pub fn evaluate<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Decision {
         let audit_policy = self.audit.first_match(req).map(str::to_string);
         let mut shadows = Vec::new();
         if let Some(shadow) = &self.deny_shadow {
