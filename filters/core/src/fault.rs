@@ -458,6 +458,18 @@ pub fn draw(per_million: u32, rng: &mut dyn RandomSource) -> bool {
 }
 
 impl Fault {
+    /// Whether this fault reads the `x-envoy-fault-*` headers (a `headerDelay` or
+    /// `headerAbort`); otherwise they need not be captured.
+    pub fn reads_headers(&self) -> bool {
+        self.delay
+            .as_ref()
+            .is_some_and(|d| matches!(d.source, DelaySource::Header))
+            || self
+                .abort
+                .as_ref()
+                .is_some_and(|a| matches!(a.kind, AbortKind::Header))
+    }
+
     /// Envoy `delayDuration`: the draw, then the duration (a header delay
     /// without a valid header, or of 0 ms, is no delay).
     pub fn draw_delay(&self, h: &FaultHeaders, rng: &mut dyn RandomSource) -> Option<Duration> {

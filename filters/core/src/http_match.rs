@@ -93,8 +93,57 @@ pub enum StringMatcher {
     Exact(String),
     Prefix(String),
     /// Anchored: `^(?:re)$`, so `is_match` is RE2 `FullMatch`.
-    Regex(Regex),
+    Regex(FullMatchRegex),
     Present,
+}
+
+/// An RE2 full-match regex with the literal text every match starts with, so
+/// most non-matching values are refused without running the regex engine
+/// (`/items/[0-9]+` against `/bench` is one byte compare).
+#[derive(Debug, Clone)]
+pub struct FullMatchRegex {
+    re: Regex,
+    prefix: Vec<u8>,
+}
+
+impl FullMatchRegex {
+    pub fn new(re: Regex, pattern: &str) -> FullMatchRegex {
+        FullMatchRegex {
+            re,
+            prefix: literal_prefix(pattern).into_bytes(),
+        }
+    }
+
+    pub fn is_match(&self, value: &[u8]) -> bool {
+        // The prefix is ASCII: a value whose bytes do not start with it cannot
+        // start with it after lossy UTF-8 conversion either.
+        value.starts_with(&self.prefix) && self.re.is_match(&String::from_utf8_lossy(value))
+    }
+}
+
+/// The literal text every full match of `pattern` starts with; conservative:
+/// empty when the pattern has any alternation, and it stops at the first
+/// character that is not plain ASCII text or is followed by a quantifier.
+pub fn literal_prefix(pattern: &str) -> String {
+    if pattern.contains('|') {
+        return String::new();
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-_=:,;@!%&~<>'\"# ".contains(c);
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if !plain(c) {
+            break;
+        }
+        if chars
+            .get(i + 1)
+            .is_some_and(|n| matches!(n, '*' | '?' | '+' | '{'))
+        {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl StringMatcher {
@@ -103,7 +152,7 @@ impl StringMatcher {
         match self {
             StringMatcher::Exact(e) => value == e.as_bytes(),
             StringMatcher::Prefix(p) => value.starts_with(p.as_bytes()),
-            StringMatcher::Regex(re) => re.is_match(&String::from_utf8_lossy(value)),
+            StringMatcher::Regex(re) => re.is_match(value),
             StringMatcher::Present => true,
         }
     }
@@ -172,10 +221,10 @@ impl StringMatch {
                 // Istio: `*` is not RE2; it is translated to present_match.
                 return Ok(StringMatcher::Present);
             }
-            return Ok(StringMatcher::Regex(compile_full_match_regex(
+            return Ok(StringMatcher::Regex(FullMatchRegex::new(
+                compile_full_match_regex(r, &path.field("regex"))?,
                 r,
-                &path.field("regex"),
-            )?));
+            )));
         }
         Ok(match site {
             Site::Header | Site::WithoutHeader => StringMatcher::Present,
@@ -254,9 +303,7 @@ impl UriMatcher {
                 }
             }
             // `case_sensitive` is ignored for safe_regex.
-            StringMatcher::Regex(re) => {
-                re.is_match(&String::from_utf8_lossy(req.path_without_query()))
-            }
+            StringMatcher::Regex(re) => re.is_match(req.path_without_query()),
             StringMatcher::Present => true,
         }
     }
@@ -903,5 +950,64 @@ mod tests {
         assert!(err(json!([{"uri": {"suffix": "/"}}])).contains("unknown field `suffix`"));
         // The pseudo-headers are valid header names.
         compile(json!([{"headers": {":path": {"prefix": "/"}}}])).unwrap();
+    }
+
+    #[test]
+    fn regex_literal_prefix_is_conservative() {
+        for (pattern, prefix) in [
+            ("/items/[0-9]+", "/items/"),
+            ("/api/v1", "/api/v1"),
+            ("/ab?c", "/a"),
+            ("/ab*", "/a"),
+            ("/ab+", "/a"),
+            ("/a{2}", "/"),
+            ("/a|/b", ""),
+            ("(/a)/b", ""),
+            ("(?i)/admin", ""),
+            ("^/x", ""),
+            (".*canary=always.*", ""),
+            ("\\d+", ""),
+            ("/a.b", "/a"),
+            ("/é", "/"),
+        ] {
+            assert_eq!(literal_prefix(pattern), prefix, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn regex_with_prefix_matches_as_the_plain_regex() {
+        let patterns = [
+            "/items/[0-9]+",
+            "/ab?c",
+            "/a|/b",
+            "/a.b",
+            "/x/.*",
+            "v[0-9]+\\.[0-9]+",
+        ];
+        let values: [&[u8]; 12] = [
+            b"/items/12",
+            b"/items/",
+            b"/items/x",
+            b"/ac",
+            b"/abc",
+            b"/a",
+            b"/b",
+            b"/aXb",
+            b"/x/\xff",
+            b"v1.2",
+            b"v1.",
+            b"\xff/items/1",
+        ];
+        for p in patterns {
+            let re = compile_full_match_regex(p, &FieldPath::root()).unwrap();
+            let fast = FullMatchRegex::new(re.clone(), p);
+            for v in values {
+                assert_eq!(
+                    fast.is_match(v),
+                    re.is_match(&String::from_utf8_lossy(v)),
+                    "{p} on {v:?}"
+                );
+            }
+        }
     }
 }

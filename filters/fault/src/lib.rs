@@ -214,7 +214,11 @@ impl HttpContext for Http {
         let Some((route, fault)) = w.policy.select(&view) else {
             return Action::Continue;
         };
-        let fh = FaultHeaders::from_request(&view);
+        let fh = if fault.reads_headers() {
+            FaultHeaders::from_request(&view)
+        } else {
+            FaultHeaders::default()
+        };
         let (max, metrics) = (w.policy.max_active_faults, w.metrics);
         let mut acquired = false;
         let decision = decide(fault, &fh, &mut w.rng, &mut || {

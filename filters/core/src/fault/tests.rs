@@ -539,3 +539,17 @@ fn delay_queue_tick_follows_the_nearest_deadline() {
     let (due, p) = q.due(ms(5));
     assert_eq!((due.len(), p), (10, Some(0)));
 }
+
+#[test]
+fn only_header_controlled_faults_read_the_fault_headers() {
+    let p = policy(json!({"http": [
+        {"fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 1}}}},
+        {"fault": {"delay": {"headerDelay": {}, "percentage": {"value": 1}}}},
+        {"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 1}}}},
+        {"fault": {"abort": {"headerAbort": {}, "percentage": {"value": 1}}}}
+    ]}));
+    let reads: Vec<bool> = (0..4)
+        .map(|i| p.fault(i).unwrap().reads_headers())
+        .collect();
+    assert_eq!(reads, [false, true, false, true]);
+}
