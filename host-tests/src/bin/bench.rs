@@ -31,8 +31,9 @@
 //!   `twin` names the case's native-twin listener (also benchmarked, same requests).
 //!   `cycle` varies one header per request: `count` generated values
 //!   `<prefix><n>`, or `values_file` (relative to envoy-configs/, one value a line,
-//!   each prefixed with `prefix`). `hostcall_budget` is for the emulator test
-//!   `hostcall_budget.rs` (host calls per request), not used here.
+//!   each prefixed with `prefix`). `hostcall_budget` (crossings between Envoy and
+//!   the VM per request) and `wasm_operator_budget` are checked by the emulator
+//!   test `hostcall_budget.rs`, not used here.
 //!
 //! Options: `--seconds N` per case and round (default 3), `--rounds N` (default 5),
 //! `--connections N` (default 16: enough to keep Envoy's one worker busy),
@@ -80,10 +81,15 @@ struct CaseSpec {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     cycle: Option<Cycle>,
-    /// Host calls per request allowed (checked by the emulator test only).
+    /// Crossings (host calls + VM entries) per request allowed, and wasm
+    /// operators per request allowed: checked by the emulator test
+    /// `hostcall_budget.rs` only.
     #[serde(default)]
     #[allow(dead_code)]
     hostcall_budget: Option<u64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    wasm_operator_budget: Option<u64>,
 }
 
 fn default_path() -> String {
@@ -105,6 +111,10 @@ struct Row {
     spec: CaseSpec,
     /// Native twin row label, for meshwasm rows.
     twin_label: Option<String>,
+    /// Rows of `no filter` and `no-op wasm` sent this row's request: a case's
+    /// request (a 700-byte token, extra headers) costs Envoy's codec more than the
+    /// plain one, and that is no filter's doing.
+    base: (usize, usize),
 }
 
 struct Opts {
@@ -337,6 +347,7 @@ fn main() {
         headers: BTreeMap::new(),
         cycle: None,
         hostcall_budget: None,
+        wasm_operator_budget: None,
     };
     let mut rows = vec![
         Row {
@@ -345,6 +356,7 @@ fn main() {
             listener: "none".into(),
             spec: base("no filter", "none"),
             twin_label: None,
+            base: (0, 1),
         },
         Row {
             label: "no-op wasm".into(),
@@ -352,6 +364,7 @@ fn main() {
             listener: "noop".into(),
             spec: base("no-op wasm", "noop"),
             twin_label: None,
+            base: (0, 1),
         },
     ];
     let mut names: Vec<_> = fs::read_dir(&bench_dir)
@@ -388,6 +401,21 @@ fn main() {
                 continue;
             }
             let twin_label = c.twin.as_ref().map(|_| format!("{} (native twin)", c.name));
+            // This case's request through no filter and through the no-op.
+            let b = (rows.len(), rows.len() + 1);
+            for (what, listener) in [("no filter", "none"), ("no-op wasm", "noop")] {
+                rows.push(Row {
+                    label: format!("{what}, {} request", c.name),
+                    group: group.clone(),
+                    listener: listener.to_string(),
+                    spec: CaseSpec {
+                        listener: listener.to_string(),
+                        ..c.clone()
+                    },
+                    twin_label: None,
+                    base: b,
+                });
+            }
             if let Some(t) = &c.twin {
                 rows.push(Row {
                     label: format!("{} (native twin)", c.name),
@@ -398,6 +426,7 @@ fn main() {
                         ..c.clone()
                     },
                     twin_label: None,
+                    base: b,
                 });
             }
             rows.push(Row {
@@ -406,6 +435,7 @@ fn main() {
                 listener: c.listener.clone(),
                 spec: c,
                 twin_label,
+                base: b,
             });
         }
     }
@@ -523,9 +553,8 @@ fn main() {
         }
     }
     let us: Vec<f64> = per_req.iter_mut().map(|v| median(v)).collect();
-    let base_us = us[0];
-    let added = |i: usize| us[i] - base_us;
-    let noop_added = added(1);
+    let added = |i: usize| us[i] - us[rows[i].base.0];
+    let noop_added = |i: usize| us[rows[i].base.1] - us[rows[i].base.0];
     let index: BTreeMap<&str, usize> = rows
         .iter()
         .enumerate()
@@ -536,8 +565,8 @@ fn main() {
     table.push_str("| group | listener | µs/request | added µs | × no-op wasm's added | × native twin's added | non-2xx |\n");
     table.push_str("|---|---|---:|---:|---:|---:|---:|\n");
     for (i, r) in rows.iter().enumerate() {
-        let vs_noop = if i >= 1 && noop_added > 0.0 {
-            format!("{:.2}", added(i) / noop_added)
+        let vs_noop = if i != rows[i].base.0 && noop_added(i) > 0.0 {
+            format!("{:.2}", added(i) / noop_added(i))
         } else {
             "".into()
         };
@@ -574,9 +603,13 @@ fn main() {
         let doc = format!(
             "# Benchmarks\n\nWritten by `make bench` (host-tests/src/bin/bench.rs). One Envoy \
              (`--concurrency 1`), listeners side by side, load from `wrk -t1 -c{}` on loopback, \
-             {} rounds × {} s per row with rotating order; per row the median time per request \
-             (1 / throughput, with the single worker kept busy). *Added µs* = row − `no filter`. Ratios are within this one run: absolute \
-             numbers move with the (shared, noisy) machine, ratios much less.\n\n\
+             {} rounds × {} s per row with rotating order; per row the median of Envoy's CPU time \
+             per request (all its threads, from /proc schedstat). *Added µs* = row − `no filter` \
+             sent the same request (each case has its own `no filter` and `no-op wasm` rows: \
+             a 700-byte token costs Envoy's codec alike with or without a filter). Ratios are \
+             within this one run: absolute numbers move with the (shared, noisy) machine, ratios \
+             much less. For a deterministic count, `make bench BENCH_ARGS='--callgrind --filters \
+             <filter> --rounds 1'` (instructions per request under valgrind).\n\n\
              - Envoy: `{}`\n- Machine: {} cores\n\n{}",
             o.connections,
             o.rounds,
