@@ -318,7 +318,10 @@ impl Authz {
 
     /// The ext_authz provider to call when a CUSTOM rule matches, with the
     /// matching policy id (`istio-ext-authz-<provider>-ns[..]-policy[..]-rule[..]`).
-    pub fn check_custom<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<(&ExtAuthzSettings, String)> {
+    pub fn check_custom<R: RequestAttrs + ?Sized>(
+        &self,
+        req: &mut R,
+    ) -> Option<(&ExtAuthzSettings, String)> {
         let (engine, settings) = self.custom.as_ref()?;
         engine.first_match(req).map(|id| (settings, id.to_string()))
     }
