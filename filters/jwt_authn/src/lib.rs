@@ -278,23 +278,12 @@ fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size:
     }
 }
 
-/// The request headers of the effective context, values as text (invalid
-/// UTF-8 replaced, as before; valid values are not copied).
-fn request_headers() -> Vec<(String, String)> {
-    glue::request_headers()
-        .into_iter()
-        .map(|(k, v)| {
-            let v = String::from_utf8(v)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            (k, v)
-        })
-        .collect()
-}
-
 /// Decides the request of the effective context and applies the decision.
 /// `paused`: the request waits in Pause and must be resumed on success.
 fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
-    let mut headers = Some(request_headers());
+    // The host's header map, parsed in place (the core reads values as text
+    // only where it needs them).
+    let mut map = Some(glue::request_header_map());
     let mut guard = shared.borrow_mut();
     let Some(st) = guard.as_mut() else {
         return Action::Continue;
@@ -304,14 +293,14 @@ fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
     let mut decision = None;
     // At most a few rounds: keys adopted from shared data, then a fetch.
     for _ in 0..4 {
-        // Evaluation consumes the headers; a second round (keys were needed
-        // first, rare) reads them again.
-        let headers = headers.take().unwrap_or_else(request_headers);
+        // A second round (keys were needed first, rare) reads them again.
+        let map = map.take().unwrap_or_else(glue::request_header_map);
+        let headers = map.pairs();
         let keys = Keys {
             remote: &st.remote,
             now: st.now,
         };
-        let ev = authn.evaluate(headers, st.now / 1_000_000_000, &keys, &mut st.cache);
+        let ev = authn.evaluate(&headers, st.now / 1_000_000_000, &keys, &mut st.cache);
         st.metrics.cache_hit.add(u64::from(ev.cache_hits));
         st.metrics.cache_miss.add(u64::from(ev.cache_misses));
         match ev.decision {

@@ -60,8 +60,8 @@ pub struct Provider {
     audiences: Vec<String>,
     pub keys: KeySource,
     forward: bool,
-    forward_payload_header: Option<String>,
-    claim_to_headers: Vec<(String, String)>,
+    forward_payload_header: Option<Rc<str>>,
+    claim_to_headers: Vec<(Rc<str>, String)>,
     space_delimited_claims: Vec<String>,
     locations: Locations,
 }
@@ -146,8 +146,8 @@ pub struct Evaluation {
     pub cache_misses: u32,
 }
 
-struct Ctx<'a> {
-    req: Request,
+struct Ctx<'a, 'r> {
+    req: Request<'r>,
     now: u64,
     keys: &'a dyn RemoteKeys,
     cache: &'a mut TokenCache,
@@ -305,21 +305,22 @@ impl JwtAuthn {
                 .output_payload_to_header
                 .as_ref()
                 .filter(|h| !h.is_empty())
-                .map(|h| h.to_ascii_lowercase()),
+                .map(|h| h.to_ascii_lowercase().into()),
             claim_to_headers: rule
                 .output_claim_to_headers
                 .iter()
-                .map(|c| (c.header.to_ascii_lowercase(), c.claim.clone()))
+                .map(|c| (c.header.to_ascii_lowercase().into(), c.claim.clone()))
                 .collect(),
             space_delimited_claims: space_delimited,
             locations: Locations::new(&headers, &rule.from_params, &rule.from_cookies),
         })
     }
 
-    /// Decides one request. `now` is Unix seconds.
+    /// Decides one request (`headers` as the host has them; values are read
+    /// as UTF-8 text, invalid sequences replaced). `now` is Unix seconds.
     pub fn evaluate(
         &self,
-        headers: Vec<(String, String)>,
+        headers: &[(&str, &[u8])],
         now: u64,
         keys: &dyn RemoteKeys,
         cache: &mut TokenCache,
@@ -343,7 +344,7 @@ impl JwtAuthn {
         }
     }
 
-    fn decide(&self, ctx: &mut Ctx) -> Decision {
+    fn decide<'r>(&'r self, ctx: &mut Ctx<'_, 'r>) -> Decision {
         let Some(requirement) = &self.requirement else {
             return Decision::Allow(Allow {
                 ops: Vec::new(),
@@ -388,7 +389,7 @@ impl JwtAuthn {
         }
     }
 
-    fn eval(&self, req: &Requirement, ctx: &mut Ctx) -> Result<Status, NeedKeys> {
+    fn eval<'r>(&'r self, req: &Requirement, ctx: &mut Ctx<'_, 'r>) -> Result<Status, NeedKeys> {
         match req {
             Requirement::Provider(p) => self.verify_provider(*p, ctx),
             Requirement::All(children) => {
@@ -428,7 +429,7 @@ impl JwtAuthn {
 
     /// Envoy `ProviderVerifierImpl` + `AuthenticatorImpl` (no allow_failed /
     /// allow_missing at this level): every token found must verify.
-    fn verify_provider(&self, p: usize, ctx: &mut Ctx) -> Result<Status, NeedKeys> {
+    fn verify_provider<'r>(&'r self, p: usize, ctx: &mut Ctx<'_, 'r>) -> Result<Status, NeedKeys> {
         let provider = &self.providers[p];
         // Headers this provider writes are never taken from the client.
         if let Some(h) = &provider.forward_payload_header {
@@ -450,12 +451,12 @@ impl JwtAuthn {
         Ok(Status::Ok)
     }
 
-    fn verify_token(
-        &self,
+    fn verify_token<'r>(
+        &'r self,
         p: usize,
         token: &str,
-        location: &Location,
-        ctx: &mut Ctx,
+        location: &Location<'r>,
+        ctx: &mut Ctx<'_, 'r>,
     ) -> Result<Status, NeedKeys> {
         let provider = &self.providers[p];
         if let Some(verified) = ctx.cache.lookup(p, token) {
@@ -508,7 +509,13 @@ impl JwtAuthn {
         Ok(Status::Ok)
     }
 
-    fn handle_good(&self, provider: &Provider, v: &Verified, location: &Location, ctx: &mut Ctx) {
+    fn handle_good<'r>(
+        &self,
+        provider: &'r Provider,
+        v: &Verified,
+        location: &Location<'r>,
+        ctx: &mut Ctx<'_, 'r>,
+    ) {
         if let Some(h) = &provider.forward_payload_header {
             ctx.req.add(h, v.jwt.payload_b64.clone());
         }
@@ -521,7 +528,7 @@ impl JwtAuthn {
             match location {
                 Location::Header(name) => ctx.req.remove(name),
                 Location::Param(name) => {
-                    let path = request::remove_param(ctx.req.path(), name);
+                    let path = request::remove_param(&ctx.req.path(), name);
                     ctx.req.set_path(path);
                 }
                 // Envoy leaves cookies in place (TODO upstream).
@@ -567,10 +574,10 @@ impl Provider {
 
 /// `OPTIONS` with non-empty `origin` and `access-control-request-method`.
 fn is_cors_preflight(req: &Request) -> bool {
-    req.header(":method") == Some("OPTIONS")
-        && req.header("origin").is_some_and(|v| !v.is_empty())
+    req.header_bytes(":method") == Some(b"OPTIONS")
+        && req.header_bytes("origin").is_some_and(|v| !v.is_empty())
         && req
-            .header("access-control-request-method")
+            .header_bytes("access-control-request-method")
             .is_some_and(|v| !v.is_empty())
 }
 

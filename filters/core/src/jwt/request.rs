@@ -2,67 +2,108 @@
 //! pseudo-headers included), token extraction from the configured locations,
 //! and the header edits applied after a decision.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-/// An edit to the request, replayed in order by the filter glue.
+/// An edit to the request, replayed in order by the filter glue. Names are the
+/// configuration's (shared, not copied per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
-    Remove(String),
-    Add(String, String),
+    Remove(Rc<str>),
+    Add(Rc<str>, String),
     /// Replace `:path` (a query-parameter token was removed).
     SetPath(String),
 }
 
+/// A header value as text: borrowed when it is UTF-8, else with invalid
+/// sequences replaced (checked only for the values actually read).
+fn text(v: &[u8]) -> Cow<'_, str> {
+    // `from_utf8` checks ASCII a word at a time; `from_utf8_lossy` goes byte
+    // by byte (thousands of wasm operators for a token).
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
+    }
+}
+
+/// The request headers, borrowed from the host's map (`'r`: that map and the
+/// configuration), with the edits made so far applied.
 #[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub headers: Vec<(String, String)>,
+pub struct Request<'r> {
+    headers: Vec<(Cow<'r, str>, Cow<'r, [u8]>)>,
     ops: Vec<HeaderOp>,
 }
 
-impl Request {
-    /// Header names are lower-cased here (HTTP/2 and Envoy already do).
-    pub fn new(mut headers: Vec<(String, String)>) -> Request {
-        for (k, _) in headers.iter_mut() {
-            k.make_ascii_lowercase();
-        }
+impl<'r> Request<'r> {
+    /// Header names are lower-cased here (HTTP/2 and Envoy already do, so
+    /// nothing is copied then).
+    pub fn new(headers: &[(&'r str, &'r [u8])]) -> Request<'r> {
+        let headers = headers
+            .iter()
+            .map(|&(k, v)| {
+                let k = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(k.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(k)
+                };
+                (k, Cow::Borrowed(v))
+            })
+            .collect();
         Request {
             headers,
             ops: Vec::new(),
         }
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    /// The first value of `name`, as bytes.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    /// The first value of `name`, as text.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.header_bytes(name).map(text)
+    }
+
+    /// Every value of `name` in order, as text that outlives this borrow of
+    /// the request: host values are borrowed, values added here are copied.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'r, str>> + 's {
         self.headers
             .iter()
             .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| match *v {
+                Cow::Borrowed(b) => text(b),
+                Cow::Owned(ref b) => Cow::Owned(text(b).into_owned()),
+            })
     }
 
-    pub fn path(&self) -> &str {
-        self.header(":path").unwrap_or("")
+    pub fn path(&self) -> Cow<'_, str> {
+        self.header(":path").unwrap_or(Cow::Borrowed(""))
     }
 
-    pub fn remove(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name);
-        self.ops.push(HeaderOp::Remove(name.to_string()));
+    pub fn remove(&mut self, name: &Rc<str>) {
+        self.headers.retain(|(k, _)| **k != **name);
+        self.ops.push(HeaderOp::Remove(name.clone()));
     }
 
-    pub fn add(&mut self, name: &str, value: String) {
-        self.headers.push((name.to_string(), value.clone()));
-        self.ops.push(HeaderOp::Add(name.to_string(), value));
+    /// Adds a header named by the configuration (`'r`).
+    pub fn add(&mut self, name: &'r Rc<str>, value: String) {
+        self.headers.push((
+            Cow::Borrowed(&**name),
+            Cow::Owned(value.clone().into_bytes()),
+        ));
+        self.ops.push(HeaderOp::Add(name.clone(), value));
     }
 
     pub fn set_path(&mut self, path: String) {
+        let value = Cow::Owned(path.clone().into_bytes());
         match self.headers.iter_mut().find(|(k, _)| k == ":path") {
-            Some(h) => h.1 = path.clone(),
-            None => self.headers.push((":path".into(), path.clone())),
+            Some(h) => h.1 = value,
+            None => self.headers.push((Cow::Borrowed(":path"), value)),
         }
         self.ops.push(HeaderOp::SetPath(path));
     }
@@ -74,11 +115,11 @@ impl Request {
     /// `realm` of `www-authenticate`: scheme://host + the first 256 bytes of
     /// the path (query included), as Envoy's jwt_authn writes it.
     pub fn realm(&self) -> String {
-        let scheme = self.header(":scheme").unwrap_or("http");
+        let scheme = self.header(":scheme").unwrap_or(Cow::Borrowed("http"));
         let host = self
             .header(":authority")
             .or_else(|| self.header("host"))
-            .unwrap_or("");
+            .unwrap_or(Cow::Borrowed(""));
         let path = self.path();
         let mut cut = path.len().min(256);
         while !path.is_char_boundary(cut) {
@@ -90,16 +131,17 @@ impl Request {
 
 /// Where a token was found, so it can be removed after success.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    Header(String),
-    Param(String),
+pub enum Location<'r> {
+    Header(&'r Rc<str>),
+    Param(&'r str),
     Cookie,
 }
 
+/// A token, borrowed from the request when it was there as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extracted {
-    pub token: String,
-    pub location: Location,
+pub struct Extracted<'r> {
+    pub token: Cow<'r, str>,
+    pub location: Location<'r>,
 }
 
 /// One provider's token locations (Envoy `ExtractorImpl` for a single provider).
@@ -107,7 +149,7 @@ pub struct Extracted {
 pub struct Locations {
     /// (header name lower-case, value prefix), iterated in Envoy's map order
     /// (sorted by name + prefix).
-    pub headers: BTreeMap<String, (String, String)>,
+    pub headers: BTreeMap<String, (Rc<str>, String)>,
     pub params: Vec<String>,
     pub cookies: Vec<String>,
 }
@@ -134,19 +176,17 @@ impl Locations {
     }
 
     fn add_header(&mut self, name: &str, prefix: &str) {
-        self.headers.insert(
-            format!("{name}{prefix}"),
-            (name.to_string(), prefix.to_string()),
-        );
+        self.headers
+            .insert(format!("{name}{prefix}"), (name.into(), prefix.to_string()));
     }
 
     /// Tokens in Envoy's order: headers, then query parameters, then cookies.
-    pub fn extract(&self, req: &Request) -> Vec<Extracted> {
+    pub fn extract<'r>(&'r self, req: &Request<'r>) -> Vec<Extracted<'r>> {
         let mut out = Vec::new();
         for (name, prefix) in self.headers.values() {
             for value in req.header_values(name) {
                 let token = if prefix.is_empty() {
-                    value.to_string()
+                    value
                 } else {
                     // The prefix may appear anywhere; absent means "no token here".
                     // (It is nearly always at the start: skip the substring search.)
@@ -157,21 +197,26 @@ impl Locations {
                     } else {
                         continue;
                     };
-                    after_prefix(value, pos + prefix.len()).to_string()
+                    match value {
+                        Cow::Borrowed(v) => Cow::Borrowed(after_prefix(v, pos + prefix.len())),
+                        Cow::Owned(v) => {
+                            Cow::Owned(after_prefix(&v, pos + prefix.len()).to_string())
+                        }
+                    }
                 };
                 out.push(Extracted {
                     token,
-                    location: Location::Header(name.clone()),
+                    location: Location::Header(name),
                 });
             }
         }
         if !self.params.is_empty() {
-            let params = parse_query(req.path());
+            let params = parse_query(&req.path());
             for name in &self.params {
                 if let Some((_, v)) = params.iter().find(|(k, _)| k == name) {
                     out.push(Extracted {
-                        token: v.clone(),
-                        location: Location::Param(name.clone()),
+                        token: Cow::Owned(v.clone()),
+                        location: Location::Param(name),
                     });
                 }
             }
@@ -181,7 +226,7 @@ impl Locations {
             for name in &self.cookies {
                 if let Some((_, v)) = cookies.iter().find(|(k, _)| k == name) {
                     out.push(Extracted {
-                        token: v.clone(),
+                        token: Cow::Owned(v.clone()),
                         location: Location::Cookie,
                     });
                 }
@@ -264,6 +309,7 @@ pub fn remove_param(path: &str, name: &str) -> String {
 fn parse_cookies(req: &Request, names: &[String]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for header in req.header_values("cookie") {
+        let header: &str = &header;
         for part in header.split(';') {
             let Some(eq) = part.find('=') else { continue };
             let key = part[..eq].trim_start_matches(' ');

@@ -34,9 +34,23 @@ fn req(auth: Option<&str>) -> Vec<(String, String)> {
     h
 }
 
+/// `JwtAuthn::evaluate` with the headers as the host passes them.
+fn evaluate(
+    a: &JwtAuthn,
+    headers: Vec<(String, String)>,
+    now: u64,
+    keys: &dyn RemoteKeys,
+    cache: &mut TokenCache,
+) -> Evaluation {
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    a.evaluate(&pairs, now, keys, cache)
+}
+
 fn run(a: &JwtAuthn, headers: Vec<(String, String)>) -> Decision {
-    a.evaluate(headers, NOW, &NoRemoteKeys, &mut TokenCache::new(16))
-        .decision
+    evaluate(a, headers, NOW, &NoRemoteKeys, &mut TokenCache::new(16)).decision
 }
 
 fn bearer(t: &str) -> Vec<(String, String)> {
@@ -512,18 +526,24 @@ fn cache_skips_the_signature_but_not_time() {
     let mut c = claims();
     c["exp"] = json!(NOW + 10);
     let t = token("RS256", &c);
-    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e1 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
     assert_eq!((e1.cache_hits, e1.cache_misses), (0, 1));
-    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e2 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
     assert_eq!((e2.cache_hits, e2.cache_misses), (1, 0));
     assert_eq!(e1.decision, e2.decision);
-    let e3 = a.evaluate(bearer(&t), NOW + 100, &NoRemoteKeys, &mut cache);
+    let e3 = evaluate(&a, bearer(&t), NOW + 100, &NoRemoteKeys, &mut cache);
     assert_eq!(denied(&e3.decision), Some((401, "Jwt is expired")));
     // Bounded.
     for i in 0..10 {
         let mut c = claims();
         c["i"] = json!(i);
-        a.evaluate(bearer(&token("HS256", &c)), NOW, &NoRemoteKeys, &mut cache);
+        evaluate(
+            &a,
+            bearer(&token("HS256", &c)),
+            NOW,
+            &NoRemoteKeys,
+            &mut cache,
+        );
     }
     assert!(cache.len() <= 4);
 }
@@ -555,7 +575,7 @@ fn remote_keys_states() {
     let t = token("RS256", &claims());
     let mut cache = TokenCache::new(4);
     let ev =
-        |k: &Keys, cache: &mut TokenCache, t: &str| a.evaluate(bearer(t), NOW, k, cache).decision;
+        |k: &Keys, cache: &mut TokenCache, t: &str| evaluate(&a, bearer(t), NOW, k, cache).decision;
     assert_eq!(
         ev(&Keys(KeyState::Pending), &mut cache, &t),
         Decision::FetchJwks {
@@ -609,8 +629,7 @@ fn remote_keys_states() {
     ));
     // No token at all never needs keys.
     assert!(matches!(
-        a.evaluate(req(None), NOW, &Keys(KeyState::Pending), &mut cache)
-            .decision,
+        evaluate(&a, req(None), NOW, &Keys(KeyState::Pending), &mut cache).decision,
         Decision::Allow(_)
     ));
 }
@@ -744,8 +763,8 @@ fn a_cache_hit_writes_what_the_verification_wrote() {
     }));
     let mut cache = TokenCache::new(4);
     let t = token("ES256", &claims());
-    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
-    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e1 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e2 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
     assert_eq!((e1.cache_misses, e2.cache_hits), (1, 1));
     assert_eq!(e1.decision, e2.decision);
     let Decision::Allow(allow) = e2.decision else {
@@ -771,7 +790,7 @@ fn a_cache_hit_writes_what_the_verification_wrote() {
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
-    let e3 = a.evaluate(bearer(&forged), NOW, &NoRemoteKeys, &mut cache);
+    let e3 = evaluate(&a, bearer(&forged), NOW, &NoRemoteKeys, &mut cache);
     assert_eq!((e3.cache_hits, e3.cache_misses), (0, 1));
     assert_eq!(denied(&e3.decision), Some((401, "Jwt verification fails")));
 }
@@ -789,12 +808,69 @@ fn the_cache_is_per_provider() {
     c["iss"] = json!(other);
     let t = token("RS256", &c);
     // origins-0 (ISS) misses and rejects the issuer, origins-1 verifies.
-    let e1 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e1 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
     assert!(matches!(e1.decision, Decision::Allow(_)), "{e1:?}");
-    let e2 = a.evaluate(bearer(&t), NOW, &NoRemoteKeys, &mut cache);
+    let e2 = evaluate(&a, bearer(&t), NOW, &NoRemoteKeys, &mut cache);
     assert!(matches!(e2.decision, Decision::Allow(_)), "{e2:?}");
     assert_eq!(cache.len(), 1);
     // The provider whose issuer does not match never hits the other's entry.
     assert_eq!((e2.cache_hits, e2.cache_misses), (1, 1), "{e1:?}");
     assert_eq!(e1.cache_misses, 2);
+}
+
+#[test]
+fn host_headers_are_read_as_bytes_where_needed() {
+    let a = authn(json!({}));
+    let t = token("RS256", &claims());
+    let auth = format!("Bearer {t}");
+    let eval = |pairs: &[(&str, &[u8])]| {
+        a.evaluate(pairs, NOW, &NoRemoteKeys, &mut TokenCache::new(4))
+            .decision
+    };
+    // Values nobody reads may be anything; names are lower-cased.
+    let pairs: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":path", b"/api"),
+        ("x-bin", b"\xff\xfe"),
+        ("Authorization", auth.as_bytes()),
+    ];
+    match eval(&pairs) {
+        Decision::Allow(allow) => {
+            assert!(allow.payload.is_some());
+            assert_eq!(allow.ops, vec![HeaderOp::Remove("authorization".into())]);
+        }
+        d => panic!("{d:?}"),
+    }
+    // A token with invalid UTF-8 is read with it replaced: malformed.
+    let mut bad = auth.clone().into_bytes();
+    bad.push(0xff);
+    let pairs: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/api\xff"),
+        ("authorization", &bad),
+    ];
+    match eval(&pairs) {
+        Decision::Deny(d) => {
+            assert_eq!(d.http_status, 401);
+            assert_eq!(
+                d.www_authenticate,
+                "Bearer realm=\"http:///api\u{fffd}\", error=\"invalid_token\""
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    // CORS preflight compares bytes.
+    let pairs: [(&str, &[u8]); 4] = [
+        (":method", b"OPTIONS"),
+        ("origin", b"\xff"),
+        ("access-control-request-method", b"GET"),
+        ("authorization", b"Bearer junk"),
+    ];
+    assert!(matches!(
+        eval(&pairs),
+        Decision::Allow(Allow {
+            cors_preflight: true,
+            ..
+        })
+    ));
 }
