@@ -436,8 +436,10 @@ fn twin_route_selection_and_header_faults() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("grpc-message"), Some(ABORT_BODY));
-    // The header delay really delays, on both.
-    for listener in ["meshwasm", "native"] {
+    // The header delay really delays, on both. Never early is meshwasm's promise
+    // (its tick period is rounded up); Envoy's native timer has fired up to ~2 ms
+    // early here (198.7 ms for 200 ms in CI), so native gets 5 ms of slack.
+    for (listener, at_least) in [("meshwasm", 199), ("native", 195)] {
         let t = Instant::now();
         let r = envoy.send(
             listener,
@@ -445,7 +447,7 @@ fn twin_route_selection_and_header_faults() {
         );
         assert_eq!(r.status, 200);
         assert!(
-            t.elapsed() >= Duration::from_millis(199),
+            t.elapsed() >= Duration::from_millis(at_least),
             "{listener}: {:?}",
             t.elapsed()
         );
