@@ -11,7 +11,8 @@ use std::rc::Rc;
 
 use meshwasm_core::host::{RandomSource, SplitMix64};
 use meshwasm_core::ratelimit::{
-    namespace, AppendAction, BucketId, LocalRateLimit, LocalStore, RequestView, StoreStats, Verdict,
+    namespace, AppendAction, BucketId, HeaderReads, LocalRateLimit, LocalStore, RequestView,
+    StoreStats, Verdict,
 };
 use meshwasm_glue as glue;
 use meshwasm_glue::HostStore;
@@ -120,6 +121,9 @@ impl Connections {
 
 struct Shared {
     cfg: LocalRateLimit,
+    /// What a decision reads of the request (from `cfg`, once).
+    header_reads: HeaderReads,
+    reads_remote_address: bool,
     ns: String,
     counters: Counters,
     rng: RefCell<SplitMix64>,
@@ -152,6 +156,8 @@ impl RootContext for Root {
         glue::log_debug(&format!("{FILTER}: shared data keys under {ns}/"));
         let seed = glue::now_nanos() ^ ((self as *const Root as usize as u64) << 32);
         self.shared = Some(Rc::new(Shared {
+            header_reads: cfg.header_reads(),
+            reads_remote_address: cfg.needs_remote_address(),
             cfg,
             ns,
             counters: Counters::define(),
@@ -218,17 +224,15 @@ impl HttpContext for Http {
         sh.counters.enabled.inc();
         // The header map is the costliest host call: fetch only what the
         // descriptor actions read.
-        let headers = if !cfg.needs_request_headers() {
-            Vec::new()
-        } else if let Some(names) = cfg.request_header_names() {
-            names
-                .into_iter()
-                .filter_map(|n| glue::request_header(n).map(|v| (n.to_string(), v)))
-                .collect()
-        } else {
-            glue::request_headers()
+        let headers = match &sh.header_reads {
+            HeaderReads::Nothing => Vec::new(),
+            HeaderReads::Named(names) => names
+                .iter()
+                .filter_map(|n| glue::request_header(n).map(|v| (n.clone(), v)))
+                .collect(),
+            HeaderReads::All => glue::request_headers(),
         };
-        let ip = if cfg.needs_remote_address() {
+        let ip = if sh.reads_remote_address {
             remote_ip()
         } else {
             None

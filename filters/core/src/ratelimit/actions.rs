@@ -227,29 +227,6 @@ pub struct RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    /// Whether any action reads request headers (`:path` for query parameters).
-    pub fn reads_headers(&self) -> bool {
-        self.actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::RequestHeaders { .. }
-                    | Action::HeaderValueMatch { .. }
-                    | Action::QueryParameters { .. }
-                    | Action::QueryParameterValueMatch { .. }
-            )
-        })
-    }
-
-    /// Whether any action reads the client address.
-    pub fn reads_remote_address(&self) -> bool {
-        self.actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::RemoteAddress | Action::MaskedRemoteAddress { .. }
-            )
-        })
-    }
-
     pub fn descriptor(&self, req: &RequestView<'_>) -> Option<Vec<(String, String)>> {
         let mut entries = Vec::with_capacity(self.actions.len());
         for a in &self.actions {

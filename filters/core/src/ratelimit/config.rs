@@ -392,6 +392,18 @@ pub struct LocalRateLimit {
     pub max_dynamic_descriptors: u32,
 }
 
+/// What a decision reads of the request headers ([`LocalRateLimit::header_reads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderReads {
+    /// Nothing.
+    Nothing,
+    /// The first value of these headers (every header-reading action is a
+    /// `request_headers` one), so fetching them one by one is enough.
+    Named(Vec<String>),
+    /// The whole map (header matches, query parameters on `:path`).
+    All,
+}
+
 impl LocalRateLimit {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<LocalRateLimit, ConfigError> {
@@ -403,34 +415,41 @@ impl LocalRateLimit {
         !self.static_descriptors.is_empty() || !self.dynamic_descriptors.is_empty()
     }
 
-    /// Whether deciding needs the request headers: only descriptor actions read
-    /// them (fetching the header map is the costliest host call a request makes).
-    pub fn needs_request_headers(&self) -> bool {
-        self.has_descriptors() && self.rate_limits.iter().any(|p| p.reads_headers())
-    }
-
-    /// The headers deciding reads, when every header-reading action is a
-    /// `request_headers` one (its first value is all it reads, so fetching those
-    /// headers one by one is enough); None when some action needs the whole map.
-    pub fn request_header_names(&self) -> Option<Vec<&str>> {
+    /// What deciding reads of the request headers (fetching the header map is the
+    /// costliest host call a request makes). Only descriptor actions read them,
+    /// and only when descriptors are configured (as the native filter).
+    pub fn header_reads(&self) -> HeaderReads {
+        if !self.has_descriptors() {
+            return HeaderReads::Nothing;
+        }
         let mut names = Vec::new();
         for a in self.rate_limits.iter().flat_map(|p| &p.actions) {
             match a {
-                Action::RequestHeaders { header_name, .. } => names.push(header_name.as_str()),
+                Action::RequestHeaders { header_name, .. } => names.push(header_name.clone()),
                 Action::HeaderValueMatch { .. }
                 | Action::QueryParameters { .. }
-                | Action::QueryParameterValueMatch { .. } => return None,
+                | Action::QueryParameterValueMatch { .. } => return HeaderReads::All,
                 Action::RemoteAddress
                 | Action::GenericKey { .. }
                 | Action::MaskedRemoteAddress { .. } => {}
             }
         }
-        Some(names)
+        if names.is_empty() {
+            HeaderReads::Nothing
+        } else {
+            HeaderReads::Named(names)
+        }
     }
 
-    /// Whether deciding needs the client address (`source.address`).
+    /// Whether deciding reads the client address (`source.address`).
     pub fn needs_remote_address(&self) -> bool {
-        self.has_descriptors() && self.rate_limits.iter().any(|p| p.reads_remote_address())
+        self.has_descriptors()
+            && self.rate_limits.iter().flat_map(|p| &p.actions).any(|a| {
+                matches!(
+                    a,
+                    Action::RemoteAddress | Action::MaskedRemoteAddress { .. }
+                )
+            })
     }
 
     /// Filter enabled for this request (absent `filter_enabled` = 0 %: inactive).

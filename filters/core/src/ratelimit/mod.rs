@@ -27,7 +27,9 @@ pub mod bucket;
 pub mod config;
 
 pub use bucket::{BucketId, LocalStore, SharedBuckets, StoreStats, TokenBucket, MAX_CAS_ATTEMPTS};
-pub use config::{AppendAction, DefaultBucket, Fraction, HeaderToAdd, LocalRateLimit, RequestView};
+pub use config::{
+    AppendAction, DefaultBucket, Fraction, HeaderReads, HeaderToAdd, LocalRateLimit, RequestView,
+};
 
 use crate::host::SharedStore;
 

@@ -734,31 +734,32 @@ fn what_a_decision_reads_follows_the_actions() {
         json!({"stat_prefix": "p", "token_bucket": {"max_tokens": 1, "fill_interval": "1s"},
         "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}]}),
     );
-    assert!(!plain.needs_request_headers());
+    assert_eq!(plain.header_reads(), HeaderReads::Nothing);
     assert!(!plain.needs_remote_address());
 
     let by_header = actions_cfg(json!([
         {"request_headers": {"header_name": "X-User", "descriptor_key": "user"}},
         {"generic_key": {"descriptor_value": "g"}}
     ]));
-    assert!(by_header.needs_request_headers());
+    assert_eq!(
+        by_header.header_reads(),
+        HeaderReads::Named(vec!["x-user".to_string()])
+    );
     assert!(!by_header.needs_remote_address());
-    assert_eq!(by_header.request_header_names(), Some(vec!["x-user"]));
 
     let by_match = actions_cfg(json!([
         {"request_headers": {"header_name": "x-user", "descriptor_key": "user"}},
         {"header_value_match": {"descriptor_value": "m", "headers": [{"name": "x-a", "present_match": true}]}}
     ]));
-    assert!(by_match.needs_request_headers());
-    assert_eq!(by_match.request_header_names(), None);
+    assert_eq!(by_match.header_reads(), HeaderReads::All);
 
     let by_query = actions_cfg(json!([
         {"query_parameters": {"query_parameter_name": "q", "descriptor_key": "q"}}
     ]));
-    assert_eq!(by_query.request_header_names(), None);
+    assert_eq!(by_query.header_reads(), HeaderReads::All);
 
     let by_address = actions_cfg(json!([{"remote_address": {}}]));
-    assert!(!by_address.needs_request_headers());
+    assert_eq!(by_address.header_reads(), HeaderReads::Nothing);
     assert!(by_address.needs_remote_address());
     let masked = actions_cfg(json!([{"masked_remote_address": {}}]));
     assert!(masked.needs_remote_address());
