@@ -1095,11 +1095,6 @@ impl Vm {
         &self.host().hostcalls
     }
 
-    /// The total of `hostcalls`: the crossings a request cost.
-    pub fn hostcall_count(&self) -> u64 {
-        self.host().hostcalls.values().sum()
-    }
-
     pub fn reset_hostcalls(&mut self) {
         self.store.data_mut().hostcalls.clear();
         let _ = self.store.set_fuel(FUEL);
