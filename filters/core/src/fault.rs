@@ -615,15 +615,23 @@ pub fn shared_release(store: &dyn SharedStore, key: &str) {
 // ---------------------------------------------------------------- delay queue (per worker)
 
 /// The delayed requests of one worker and the period its single tick timer
-/// should have: ticks run only while delays are pending, and the period
-/// follows the nearest deadline (at least 1 ms, the host's resolution).
+/// should have: ticks run only while delays are pending, and the timer is armed
+/// for the nearest deadline (whole milliseconds, the host's resolution).
 #[derive(Debug, Default)]
 pub struct DelayQueue {
     /// context id → (start, deadline) in host nanoseconds.
     entries: BTreeMap<u32, (u64, u64)>,
     /// The period the host timer currently has (0 = off).
     period_ms: u64,
+    /// When the armed timer fires next (host nanoseconds; meaningless while off).
+    next_fire: u64,
 }
+
+/// A deadline this close is due on the tick at hand: waiting for the next
+/// tick (≥ 1 ms away) would end it later than resuming now ends it early. The
+/// host's timer itself can fire a little before its period is up (Envoy arms it
+/// from the event loop's cached time), which this also absorbs.
+const DUE_WITHIN_NS: u64 = 500_000;
 
 impl DelayQueue {
     pub fn new() -> Self {
@@ -646,18 +654,17 @@ impl DelayQueue {
         self.period_ms
     }
 
-    /// Adds a delayed request. Returns the new timer period when the host
-    /// timer must change (first delay, or one that ends sooner than the
-    /// timer would fire).
+    /// Adds a delayed request. Returns the period to arm the host timer with
+    /// when it must change: no timer yet, or the armed one would fire after
+    /// this deadline. A timer that fires sooner is left alone (re-arming it
+    /// would postpone the request it was armed for).
     pub fn insert(&mut self, context_id: u32, now: u64, delay: Duration) -> Option<u64> {
         let deadline = now.saturating_add(delay.as_nanos().min(u64::MAX as u128) as u64);
         self.entries.insert(context_id, (now, deadline));
-        let want = Self::period_for(deadline, now);
-        if self.period_ms == 0 || want < self.period_ms {
-            self.period_ms = want;
-            return Some(want);
+        if self.period_ms != 0 && deadline >= self.next_fire {
+            return None;
         }
-        None
+        Some(self.arm(deadline, now))
     }
 
     /// Forgets a request (its stream went away). Returns `Some(0)` when the
@@ -672,34 +679,39 @@ impl DelayQueue {
     }
 
     /// On a tick: removes and returns the requests whose delay is over (also
-    /// those started "in the future", i.e. the wall clock went back), and the
-    /// new timer period when it must change.
+    /// those started "in the future", i.e. the clock went back), and the new
+    /// timer period when it must change. The host re-arms the timer with its
+    /// period after every tick, so the next tick is `period` from now either way.
     pub fn due(&mut self, now: u64) -> (Vec<u32>, Option<u64>) {
+        let soon = now.saturating_add(DUE_WITHIN_NS);
         let due: Vec<u32> = self
             .entries
             .iter()
-            .filter(|(_, (start, deadline))| now >= *deadline || now < *start)
+            .filter(|(_, (start, deadline))| *deadline <= soon || now < *start)
             .map(|(id, _)| *id)
             .collect();
         for id in &due {
             self.entries.remove(id);
         }
-        let want = self
-            .entries
-            .values()
-            .map(|(_, d)| *d)
-            .min()
-            .map_or(0, |d| Self::period_for(d, now));
-        if want != self.period_ms {
-            self.period_ms = want;
-            (due, Some(want))
-        } else {
-            (due, None)
+        let old = self.period_ms;
+        match self.entries.values().map(|(_, d)| *d).min() {
+            Some(nearest) => {
+                self.arm(nearest, now);
+            }
+            None => self.period_ms = 0,
         }
+        let changed = (self.period_ms != old).then_some(self.period_ms);
+        (due, changed)
     }
 
-    fn period_for(deadline: u64, now: u64) -> u64 {
-        deadline.saturating_sub(now).div_ceil(1_000_000).max(1)
+    /// Arms for `deadline` at `now`: the period in whole milliseconds, rounded
+    /// to nearest (the due window covers up to half a millisecond early), at
+    /// least 1.
+    fn arm(&mut self, deadline: u64, now: u64) -> u64 {
+        let period = (deadline.saturating_sub(now) + 500_000) / 1_000_000;
+        self.period_ms = period.max(1);
+        self.next_fire = now.saturating_add(self.period_ms * 1_000_000);
+        self.period_ms
     }
 }
 

@@ -159,7 +159,7 @@ impl RootContext for Root {
             return;
         };
         let mut w = worker.borrow_mut();
-        let (due, period) = w.queue.due(glue::now_nanos());
+        let (due, period) = w.queue.due(glue::monotonic_nanos());
         if let Some(p) = period {
             glue::set_tick_period_ms(p);
         }
@@ -233,7 +233,7 @@ impl HttpContext for Http {
             Decision::Delay(d) => {
                 metrics.delays_injected.inc();
                 w.waiting.insert(self.id, Waiting { route, headers: fh });
-                if let Some(p) = w.queue.insert(self.id, glue::now_nanos(), d) {
+                if let Some(p) = w.queue.insert(self.id, glue::monotonic_nanos(), d) {
                     glue::set_tick_period_ms(p);
                 }
                 Action::Pause

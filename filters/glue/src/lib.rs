@@ -241,6 +241,25 @@ pub fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
+/// The host's monotonic clock in nanoseconds (Envoy: the steady clock, the same
+/// in every worker), through WASI `clock_time_get`, which proxy-wasm does not
+/// wrap. For durations and deadlines: wall-clock time can jump.
+pub fn monotonic_nanos() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "wasi_snapshot_preview1")]
+        extern "C" {
+            fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> u16;
+        }
+        let mut t: u64 = 0;
+        // SAFETY: the host writes one u64 at a valid pointer into our memory.
+        if unsafe { clock_time_get(1, 1, &mut t) } == 0 {
+            return t;
+        }
+    }
+    now_nanos()
+}
+
 /// proxy-wasm shared data (one store per Envoy process and vm_id, compare-and-swap)
 /// as the core's `SharedStore`.
 pub struct HostStore;

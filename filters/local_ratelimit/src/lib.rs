@@ -35,23 +35,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Seconds on the host's monotonic clock (Envoy: the dispatcher's steady clock,
-/// the same in every worker), as Envoy's token bucket reads it; wall-clock time
-/// could jump.
+/// Seconds on the host's monotonic clock, as Envoy's token bucket reads it.
 fn now_secs() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        #[link(wasm_import_module = "wasi_snapshot_preview1")]
-        extern "C" {
-            fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> u16;
-        }
-        let mut t: u64 = 0;
-        // SAFETY: the host writes one u64 at a valid pointer into our memory.
-        if unsafe { clock_time_get(1, 1, &mut t) } == 0 {
-            return t as f64 / 1e9;
-        }
-    }
-    glue::now_nanos() as f64 / 1e9
+    glue::monotonic_nanos() as f64 / 1e9
 }
 
 #[derive(Clone, Copy, Default)]

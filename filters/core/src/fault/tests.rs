@@ -517,10 +517,26 @@ fn delay_queue_tick_follows_the_nearest_deadline() {
     // A tick that comes early (host drift) resumes nothing and re-arms for the rest.
     assert_eq!(q.due(ms(499) + 1), (vec![], Some(1)));
     assert_eq!(q.due(ms(500)), (vec![1], Some(110)));
-    // Sub-millisecond remainder rounds up: never fire early.
-    assert_eq!(q.due(ms(609) + 500_000), (vec![], Some(1)));
-    assert_eq!(q.due(ms(610)), (vec![2], Some(0)));
+    // Within half a millisecond of its deadline a request is due: the next
+    // tick would be a whole millisecond away. Never earlier than that.
+    assert_eq!(q.due(ms(609) + 400_000), (vec![], Some(1)));
+    assert_eq!(q.due(ms(609) + 500_000), (vec![2], Some(0)));
     assert!(q.is_empty());
+    // Only a deadline before the armed timer's re-arms it: re-arming for a
+    // later one would postpone the request the timer is armed for.
+    assert_eq!(q.insert(7, ms(0), Duration::from_millis(500)), Some(500));
+    assert_eq!(q.insert(8, ms(480), Duration::from_millis(30)), None);
+    assert_eq!(q.insert(9, ms(495), Duration::from_millis(2)), Some(2));
+    assert_eq!(q.due(ms(497)), (vec![9], Some(3)));
+    assert_eq!(q.due(ms(500)), (vec![7], Some(10)));
+    assert_eq!(q.due(ms(510)), (vec![8], Some(0)));
+    // Periods round to the nearest millisecond (at least 1).
+    assert_eq!(q.insert(10, ms(0), Duration::from_micros(50_400)), Some(50));
+    assert_eq!(q.remove(10), Some(0));
+    assert_eq!(q.insert(11, ms(0), Duration::from_micros(50_600)), Some(51));
+    assert_eq!(q.remove(11), Some(0));
+    assert_eq!(q.insert(12, ms(0), Duration::from_micros(200)), Some(1));
+    assert_eq!(q.remove(12), Some(0));
     // A request that goes away: gone from the queue, timer off when empty.
     assert_eq!(q.insert(4, ms(1000), Duration::from_millis(100)), Some(100));
     assert_eq!(q.insert(5, ms(1000), Duration::from_millis(200)), None);
@@ -533,7 +549,7 @@ fn delay_queue_tick_follows_the_nearest_deadline() {
     q.insert(6, ms(5000), Duration::from_secs(3600));
     assert_eq!(q.due(ms(4000)), (vec![6], Some(0)));
     // Same instant, many requests: all due together.
-    for id in 10..20 {
+    for id in 20..30 {
         q.insert(id, ms(0), Duration::from_millis(5));
     }
     let (due, p) = q.due(ms(5));
