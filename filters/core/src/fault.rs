@@ -627,11 +627,12 @@ pub struct DelayQueue {
     next_fire: u64,
 }
 
-/// A deadline this close is due on the tick at hand: waiting for the next
-/// tick (≥ 1 ms away) would end it later than resuming now ends it early. The
-/// host's timer itself can fire a little before its period is up (Envoy arms it
-/// from the event loop's cached time), which this also absorbs.
-const DUE_WITHIN_NS: u64 = 500_000;
+/// A deadline this close is due on the tick at hand. The next tick is at
+/// least a whole millisecond away, and Envoy's timer wakes up late by up to
+/// another (epoll's millisecond timeout is rounded up), so waiting would end
+/// the request later than resuming now ends it early. Envoy's own fault timer
+/// is early by as much (it is armed from the event loop's cached time).
+const DUE_WITHIN_NS: u64 = 1_000_000;
 
 impl DelayQueue {
     pub fn new() -> Self {
@@ -705,8 +706,7 @@ impl DelayQueue {
     }
 
     /// Arms for `deadline` at `now`: the period in whole milliseconds, rounded
-    /// to nearest (the due window covers up to half a millisecond early), at
-    /// least 1.
+    /// to nearest (the due window covers a tick that comes early), at least 1.
     fn arm(&mut self, deadline: u64, now: u64) -> u64 {
         let period = (deadline.saturating_sub(now) + 500_000) / 1_000_000;
         self.period_ms = period.max(1);
