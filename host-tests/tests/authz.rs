@@ -1259,3 +1259,77 @@ fn per_filter_config_golden_deny_and_allow() {
     assert_eq!(envoy.send("meshwasm", &get("/")).status, 403);
     assert_eq!(envoy.send("meshwasm", &get("/open")).status, 200);
 }
+
+/// The decision in filter state, as an access log reads it
+/// (`%FILTER_STATE(wasm.meshwasm.authz_result:PLAIN)%` and `authz_policy`):
+/// allowed, denied, allowed under an AUDIT policy, and allowed while a dry-run
+/// policy would have denied (`shadow_denied`: the dry-run ALLOW on `/allow`
+/// does not match `/another`), each with the deciding policy. Native RBAC has
+/// no per-request equivalent (only shadow metadata), so this has no twin.
+#[test]
+fn decision_reaches_the_access_log_through_filter_state() {
+    let sets = [set_paths(), set_allow_nothing(), set_dry_run()];
+    let log_path =
+        std::env::temp_dir().join(format!("meshwasm-authz-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let mut boot: Value = serde_json::from_str(&bootstrap(&sets, vec![], None)).unwrap();
+    let access_log = json!([{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": log_path.to_string_lossy(),
+        "log_format": {"text_format_source": {"inline_string":
+            "%REQ(:PATH)% %RESPONSE_CODE% %FILTER_STATE(wasm.meshwasm.authz_result:PLAIN)% %FILTER_STATE(wasm.meshwasm.authz_policy:PLAIN)%\n"}}}}]);
+    for l in boot["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+    {
+        let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+        if hcm["stat_prefix"]
+            .as_str()
+            .unwrap()
+            .starts_with("meshwasm-")
+        {
+            hcm["access_log"] = access_log.clone();
+        }
+    }
+    let upstream = Upstream::echo("v1");
+    let envoy = Envoy::from_yaml(&boot.to_string())
+        .upstream("UPSTREAM_PORT", &upstream)
+        .start();
+    let requests = [
+        ("paths", "/exact", 200, "allowed", id("httpbin-1", 0)),
+        ("paths", "/prefix/deny/x", 403, "denied", "-".to_string()),
+        ("nothing", "/open", 200, "audit", id("allow-open", 0)),
+        (
+            "dryrun",
+            "/another",
+            200,
+            "shadow_denied",
+            id("httpbin-2", 0),
+        ),
+        ("dryrun", "/x", 403, "denied", "-".to_string()),
+    ];
+    let mut want = Vec::new();
+    for (set, path, status, result, policy) in &requests {
+        let r = envoy.send(&format!("meshwasm-{set}"), &get(path));
+        assert_eq!(r.status, *status, "{set} {path}");
+        want.push(format!("{path} {status} {result} {policy}"));
+    }
+    // Test Envoys flush access logs every 0.1 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.lines().count() >= want.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        want,
+        "access log:\n{text}\nenvoy log:\n{}",
+        envoy.log()
+    );
+    let _ = std::fs::remove_file(&log_path);
+}
