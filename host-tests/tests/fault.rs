@@ -564,12 +564,15 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
         .collect();
     let mut report = String::new();
     let mut out = Vec::new();
-    for (path, delay, rounds) in [("/fifty", 50.0, 12), ("/fivehundred", 500.0, 4)] {
+    // 200 and 100 requests per listener: p99 is the 2nd-worst.
+    for (path, delay, rounds, parallel) in
+        [("/fifty", 50.0, 40, 5), ("/fivehundred", 500.0, 10, 10)]
+    {
         let mut lat = [Vec::new(), Vec::new()];
         // Batches alternate between the listeners so noise hits both alike.
         for _ in 0..rounds {
             for (i, l) in listeners.iter().enumerate() {
-                lat[i].extend(latencies(envoy.port(l), path, 5, 5));
+                lat[i].extend(latencies(envoy.port(l), path, parallel, parallel));
             }
         }
         for (i, listener) in listeners.iter().enumerate() {
@@ -596,8 +599,9 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
 /// Timing on this shared 2-core machine is noisy (the native filter itself has
 /// shown a 67 ms p50 error here while other builds ran), so the asserts are in
 /// two tiers. In every attempt, bounds noise cannot break but a broken delay
-/// does: never early on meshwasm (min latency ≥ delay − 1 ms: a missing or
-/// truncated delay; Envoy's native timer may fire ~2 ms early, so not there), p50 error ≤ 150 ms and p99 ≤ 500 ms (a stuck or 1 s-grained timer).
+/// does: min latency ≥ delay − 5 ms on both (a missing or truncated delay;
+/// Envoy's timers may end one ~2 ms early), p50 error ≤ 150 ms and p99 ≤ 500 ms
+/// (a stuck or 1 s-grained timer).
 /// And in at least one of three attempts the tight bounds: p50 error ≤ 10 ms
 /// and p99 ≤ 50 ms on meshwasm, and its p50 error within 10 ms of the native
 /// filter's measured in the same attempt: a coarse tick (say a fixed 50–100 ms
@@ -620,13 +624,12 @@ fn delays_are_accurate() {
         let (report, m) = measure_delays(&envoy);
         all.push_str(&format!("attempt {attempts}:\n{report}"));
         // m: [fifty meshwasm, fifty native, 500 meshwasm, 500 native]
-        for (i, (e50, e99, early)) in m.iter().enumerate() {
-            // Never early holds for meshwasm (the tick period is rounded up). Envoy's
-            // own fault timer has been seen firing ~2 ms early (48.1 ms for 50 ms),
-            // so the native listener only gets the loose bounds.
-            if i % 2 == 0 {
-                assert!(*early >= -1.0, "a meshwasm delay ended early\n{all}");
-            }
+        for (e50, e99, early) in &m {
+            // Envoy arms timers from the event loop's cached time, so its fault
+            // timer (and the tick meshwasm trusts like it) can end a delay ~2 ms
+            // early (48.1 ms for 50 ms seen here); a missing or truncated delay
+            // ends far earlier.
+            assert!(*early >= -5.0, "a delay ended early\n{all}");
             assert!(*e50 <= 150.0 && *e99 <= 500.0, "delay far off\n{all}");
         }
         tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
@@ -635,7 +638,7 @@ fn delays_are_accurate() {
     }
     eprint!("{all}");
     assert!(tight_ok, "meshwasm delay error above 10 ms p50 / 50 ms p99 (or 10 ms worse than native) in 3 attempts\n{all}");
-    let n = 80 * attempts as u64;
+    let n = 300 * attempts as u64;
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), n);
     assert_eq!(envoy.stat("http.native.fault.delays_injected"), n);
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.active_faults"), 0);

@@ -623,15 +623,13 @@ pub struct DelayQueue {
     entries: BTreeMap<u32, (u64, u64)>,
     /// The period the host timer currently has (0 = off).
     period_ms: u64,
-    /// When the armed timer fires next (host nanoseconds; meaningless while off).
-    next_fire: u64,
+    /// The deadline the armed timer is for (meaningless while off).
+    armed_for: u64,
 }
 
-/// A deadline this close is due on the tick at hand. The next tick is at
-/// least a whole millisecond away, and Envoy's timer wakes up late by up to
-/// another (epoll's millisecond timeout is rounded up), so waiting would end
-/// the request later than resuming now ends it early. Envoy's own fault timer
-/// is early by as much (it is armed from the event loop's cached time).
+/// Deadlines this close are due on the tick at hand too: the next tick would be
+/// a millisecond or more away, and Envoy's timer wakes up late by up to another
+/// (epoll's millisecond timeout is rounded up).
 const DUE_WITHIN_NS: u64 = 1_000_000;
 
 impl DelayQueue {
@@ -656,13 +654,13 @@ impl DelayQueue {
     }
 
     /// Adds a delayed request. Returns the period to arm the host timer with
-    /// when it must change: no timer yet, or the armed one would fire after
-    /// this deadline. A timer that fires sooner is left alone (re-arming it
-    /// would postpone the request it was armed for).
+    /// when it must change: no timer yet, or the armed one is for a later
+    /// deadline. A timer armed for a sooner one is left alone (re-arming it
+    /// would postpone the request it is for).
     pub fn insert(&mut self, context_id: u32, now: u64, delay: Duration) -> Option<u64> {
         let deadline = now.saturating_add(delay.as_nanos().min(u64::MAX as u128) as u64);
         self.entries.insert(context_id, (now, deadline));
-        if self.period_ms != 0 && deadline >= self.next_fire {
+        if self.period_ms != 0 && deadline >= self.armed_for {
             return None;
         }
         Some(self.arm(deadline, now))
@@ -679,12 +677,23 @@ impl DelayQueue {
         None
     }
 
-    /// On a tick: removes and returns the requests whose delay is over (also
-    /// those started "in the future", i.e. the clock went back), and the new
-    /// timer period when it must change. The host re-arms the timer with its
-    /// period after every tick, so the next tick is `period` from now either way.
+    /// On a tick: removes and returns the requests whose delay is over, and the
+    /// new timer period when it must change (the host re-arms the timer with
+    /// its period after every tick, so the next tick is `period` from now
+    /// either way).
+    ///
+    /// Due are: the deadline this tick was armed for and any before it — the
+    /// host's timer decides, exactly as for Envoy's native fault timer, which
+    /// may fire a little before the deadline because Envoy arms timers from
+    /// the event loop's cached time; deadlines within [`DUE_WITHIN_NS`] of now;
+    /// and requests started "in the future" (the clock went back).
     pub fn due(&mut self, now: u64) -> (Vec<u32>, Option<u64>) {
-        let soon = now.saturating_add(DUE_WITHIN_NS);
+        let armed_for = if self.period_ms != 0 {
+            self.armed_for
+        } else {
+            0
+        };
+        let soon = now.saturating_add(DUE_WITHIN_NS).max(armed_for);
         let due: Vec<u32> = self
             .entries
             .iter()
@@ -706,11 +715,10 @@ impl DelayQueue {
     }
 
     /// Arms for `deadline` at `now`: the period in whole milliseconds, rounded
-    /// to nearest (the due window covers a tick that comes early), at least 1.
+    /// up, at least 1.
     fn arm(&mut self, deadline: u64, now: u64) -> u64 {
-        let period = (deadline.saturating_sub(now) + 500_000) / 1_000_000;
-        self.period_ms = period.max(1);
-        self.next_fire = now.saturating_add(self.period_ms * 1_000_000);
+        self.period_ms = deadline.saturating_sub(now).div_ceil(1_000_000).max(1);
+        self.armed_for = deadline;
         self.period_ms
     }
 }
