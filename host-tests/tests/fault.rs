@@ -602,10 +602,11 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
 /// does: min latency ≥ delay − 5 ms on both (a missing or truncated delay;
 /// Envoy's timers may end one ~2 ms early), p50 error ≤ 150 ms and p99 ≤ 500 ms
 /// (a stuck or 1 s-grained timer).
-/// And in at least one of three attempts the tight bounds: p50 error ≤ 10 ms
-/// and p99 ≤ 50 ms on meshwasm, and its p50 error within 10 ms of the native
-/// filter's measured in the same attempt: a coarse tick (say a fixed 50–100 ms
-/// period) fails every attempt, while a noisy moment rarely lasts three.
+/// And in at least one of three attempts the tight bounds: p50 error ≤ 5 ms on
+/// meshwasm (or within 2 ms of the native filter's in the same attempt, when
+/// noise takes that over 5 ms) and p99 ≤ 50 ms: a coarse tick (a period rounded
+/// up, a stale re-arm, or a burst waiting a tick per request costs milliseconds)
+/// fails, while a noisy moment rarely lasts three attempts.
 /// Tick-exact timing is pinned deterministically by `fault_emulator.rs`.
 #[test]
 fn delays_are_accurate() {
@@ -632,12 +633,17 @@ fn delays_are_accurate() {
             assert!(*early >= -5.0, "a delay ended early\n{all}");
             assert!(*e50 <= 150.0 && *e99 <= 500.0, "delay far off\n{all}");
         }
+        // The bound is 5 ms. The p50 holds it (or stays within 2 ms of
+        // the native twin's when noise takes that over 5 ms). The p99 is the
+        // 2nd-worst of 100–200 requests: on this shared VM it is noise (native
+        // 4.5–8 ms, meshwasm 5–26 ms seen), so only a stuck timer fails it.
         tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
-            m[ours].0 <= 10.0 && m[ours].1 <= 50.0 && m[ours].0 <= m[native].0 + 10.0
+            let (e50, e99, _) = m[ours];
+            e50 <= 5.0f64.max(m[native].0 + 2.0) && e99 <= 50.0
         });
     }
     eprint!("{all}");
-    assert!(tight_ok, "meshwasm delay error above 10 ms p50 / 50 ms p99 (or 10 ms worse than native) in 3 attempts\n{all}");
+    assert!(tight_ok, "meshwasm delay error above 5 ms p50 (and 2 ms over native's) or 50 ms p99, in 3 attempts\n{all}");
     let n = 300 * attempts as u64;
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), n);
     assert_eq!(envoy.stat("http.native.fault.delays_injected"), n);

@@ -516,16 +516,33 @@ fn delay_queue_tick_follows_the_nearest_deadline() {
     assert_eq!(q.due(ms(70)), (vec![3], Some(430)));
     // The tick armed for #1 resumes it even when it comes a little early (Envoy
     // arms timers from the loop's cached time; its native fault timer is as
-    // early). #2 at 610: 112 ms, rounded up.
+    // early). #2 at 610: 112 ms.
     assert_eq!(q.due(ms(498) + 1), (vec![1], Some(112)));
-    // A deadline within a millisecond of a tick is due on it; one further is not.
+    // A deadline within 2 ms of a tick is due on it; one further is not.
     assert_eq!(q.insert(4, ms(500), Duration::from_micros(110_500)), None);
     assert_eq!(q.due(ms(610)), (vec![2, 4], Some(0)));
     assert!(q.is_empty());
     assert_eq!(q.insert(5, ms(1000), Duration::from_millis(10)), Some(10));
-    assert_eq!(q.insert(6, ms(1000), Duration::from_micros(11_500)), None);
-    assert_eq!(q.due(ms(1010)), (vec![5], Some(2)));
-    assert_eq!(q.due(ms(1011) + 500_000), (vec![6], Some(0)));
+    assert_eq!(q.insert(6, ms(1000), Duration::from_micros(12_500)), None);
+    assert_eq!(q.due(ms(1010)), (vec![5], Some(3)));
+    assert_eq!(q.due(ms(1012) + 500_000), (vec![6], Some(0)));
+    // A tick that comes early comes early for its neighbours too: those within
+    // 2 ms of the deadline it was armed for are due with it (Envoy's
+    // native timers, armed from the same stale loop time, would fire as early).
+    assert_eq!(
+        q.insert(30, ms(3000), Duration::from_millis(100)),
+        Some(100)
+    );
+    assert_eq!(
+        q.insert(31, ms(3000) + 500_000, Duration::from_millis(100)),
+        None
+    );
+    assert_eq!(
+        q.insert(32, ms(3002) + 500_000, Duration::from_millis(100)),
+        None
+    );
+    assert_eq!(q.due(ms(3097)), (vec![30, 31], Some(6)));
+    assert_eq!(q.due(ms(3102) + 500_000), (vec![32], Some(0)));
     // Only a deadline before the armed one re-arms the timer: re-arming for a
     // later one would postpone the request the timer is armed for.
     assert_eq!(q.insert(7, ms(2000), Duration::from_millis(500)), Some(500));
@@ -534,9 +551,11 @@ fn delay_queue_tick_follows_the_nearest_deadline() {
     assert_eq!(q.due(ms(2497)), (vec![9], Some(3)));
     assert_eq!(q.due(ms(2500)), (vec![7], Some(10)));
     assert_eq!(q.due(ms(2510)), (vec![8], Some(0)));
-    // Periods round up to whole milliseconds (at least 1).
-    assert_eq!(q.insert(10, ms(0), Duration::from_micros(50_400)), Some(51));
+    // Periods round to the nearest millisecond (at least 1).
+    assert_eq!(q.insert(10, ms(0), Duration::from_micros(50_400)), Some(50));
     assert_eq!(q.remove(10), Some(0));
+    assert_eq!(q.insert(11, ms(0), Duration::from_micros(50_600)), Some(51));
+    assert_eq!(q.remove(11), Some(0));
     assert_eq!(q.insert(12, ms(0), Duration::from_micros(200)), Some(1));
     assert_eq!(q.remove(12), Some(0));
     // A request that goes away: gone from the queue, timer off when empty.
