@@ -436,9 +436,11 @@ fn twin_route_selection_and_header_faults() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("grpc-message"), Some(ABORT_BODY));
-    // The header delay really delays, on both. Never early is meshwasm's promise
-    // (its tick period is rounded up); Envoy's native timer has fired up to ~2 ms
-    // early here (198.7 ms for 200 ms in CI), so native gets 5 ms of slack.
+    // The header delay really delays, on both. Envoy's native timer has fired up
+    // to ~2 ms early here (198.7 ms for 200 ms in CI), so native gets 5 ms of
+    // slack. meshwasm keeps 1 ms: a lone delay's tick is armed like that timer
+    // and trusted when it fires, so it is early only by the loop-time lag of an
+    // idle worker.
     for (listener, at_least) in [("meshwasm", 199), ("native", 195)] {
         let t = Instant::now();
         let r = envoy.send(
