@@ -723,8 +723,7 @@ impl DelayQueue {
     /// to nearest (the tick is trusted for its deadline, and epoll already
     /// rounds its wake-up up), at least 1.
     fn arm(&mut self, deadline: u64, now: u64) -> u64 {
-        self.period_ms = (deadline.saturating_sub(now) + 500_000) / 1_000_000;
-        self.period_ms = self.period_ms.max(1);
+        self.period_ms = ((deadline.saturating_sub(now) + 500_000) / 1_000_000).max(1);
         self.armed_for = deadline;
         self.period_ms
     }
