@@ -173,6 +173,50 @@ fn forced_cas_mismatches_are_retried_and_never_overadmit() {
     assert_eq!(metric(&world, "cas_exhausted"), 0);
 }
 
+/// Reading shared data is the costliest call a bucket update makes: a worker
+/// that was the last to write its bucket updates it with a predicted CAS and
+/// no read (`ratelimit::remember`); another worker's write makes it read again.
+#[test]
+fn a_worker_that_wrote_last_updates_without_reading() {
+    let world = World::new();
+    let config = enabled(
+        json!({"token_bucket": {"max_tokens": 50, "tokens_per_fill": 1, "fill_interval": "60s"}}),
+    );
+    let mut a = load(&world, &config);
+    let mut b = load(&world, &config);
+    let reads = |vm: &Vm| {
+        vm.hostcalls()
+            .get("proxy_get_shared_data")
+            .copied()
+            .unwrap_or(0)
+    };
+    // The first update reads; its write teaches the worker the CAS counter.
+    assert_eq!(get(&mut a), 200);
+    a.reset_hostcalls();
+    for _ in 0..10 {
+        assert_eq!(get(&mut a), 200);
+    }
+    assert_eq!(reads(&a), 0, "{:?}", a.hostcalls());
+    assert_eq!(a.hostcalls()["proxy_set_shared_data"], 10);
+    // Another worker takes a token: a's predicted write fails, a reads.
+    assert_eq!(get(&mut b), 200);
+    a.reset_hostcalls();
+    assert_eq!(get(&mut a), 200);
+    assert_eq!(reads(&a), 1);
+    assert_eq!(a.hostcalls()["proxy_set_shared_data"], 2);
+    // Alternating workers: never one token more than max_tokens in all.
+    let rest = (0..80)
+        .filter(|i| get(if i % 2 == 0 { &mut a } else { &mut b }) == 200)
+        .count();
+    assert_eq!(13 + rest, 50);
+    assert_eq!(
+        metric(&world, "cas_retries"),
+        0,
+        "a wrong guess is not a lost race"
+    );
+    assert_eq!(metric(&world, "ok"), 50);
+}
+
 // CAS exhaustion (16 lost races in one request) needs 16 interleavings inside one
 // callback, which the emulator's one-hook-per-get cannot script; the core test
 // `ratelimit::tests::cas_exhaustion_rejects_and_is_counted` covers it.

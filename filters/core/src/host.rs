@@ -21,6 +21,12 @@ pub trait SharedStore {
     /// Writes `value`; `cas` of Some(n) (n != 0) fails with `Err(CasMismatch)` when
     /// another writer got there first.
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
+    /// The value this store remembers for `key` and the CAS the entry most likely
+    /// has now, if it keeps such a memory (`ratelimit::remember`): an update may
+    /// try it before reading. Only a CAS-checked write may trust it.
+    fn remembered(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

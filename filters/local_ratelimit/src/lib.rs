@@ -11,8 +11,8 @@ use std::rc::Rc;
 
 use meshwasm_core::host::{RandomSource, SplitMix64};
 use meshwasm_core::ratelimit::{
-    namespace, AppendAction, BucketId, HeaderReads, LocalRateLimit, LocalStore, RequestView,
-    StoreStats, Verdict,
+    namespace, AppendAction, BucketId, HeaderReads, LocalRateLimit, LocalStore, RememberingStore,
+    RequestView, StoreStats, Verdict, WriteMemory,
 };
 use meshwasm_glue as glue;
 use meshwasm_glue::HostStore;
@@ -114,6 +114,9 @@ struct Shared {
     counters: Counters,
     rng: RefCell<SplitMix64>,
     connections: RefCell<Connections>,
+    /// What this worker last wrote to its buckets, so an update can usually
+    /// skip the shared-data read (`ratelimit::remember`).
+    memory: RefCell<WriteMemory>,
 }
 
 #[derive(Default)]
@@ -149,6 +152,7 @@ impl RootContext for Root {
             counters: Counters::define(),
             rng: RefCell::new(SplitMix64::new(seed)),
             connections: RefCell::new(Connections::default()),
+            memory: RefCell::new(WriteMemory::default()),
         }));
         true
     }
@@ -234,7 +238,10 @@ impl HttpContext for Http {
         let mut stats = StoreStats::default();
         let (verdict, bucket) = match &self.store {
             Some(s) => cfg.decide(s.as_ref(), &sh.ns, now_secs(), &req, rolls, &mut stats),
-            None => cfg.decide(&HostStore, &sh.ns, now_secs(), &req, rolls, &mut stats),
+            None => {
+                let store = RememberingStore::new(&HostStore, &sh.memory);
+                cfg.decide(&store, &sh.ns, now_secs(), &req, rolls, &mut stats)
+            }
         };
         sh.counters.add(&stats);
         self.bucket = bucket;

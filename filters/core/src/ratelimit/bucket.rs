@@ -153,6 +153,38 @@ fn read_group(v: Option<&[u8]>) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// What one request does to its group of dynamic buckets.
+enum GroupUpdate {
+    /// Already the most recent entry and no token: nothing to write.
+    Unchanged,
+    /// The group to write, whether a token was taken, how many entries fell out.
+    Write(Vec<(u64, f64)>, bool, u64),
+}
+
+/// Finds (or creates) `tag`'s bucket, takes a token if there is one, moves it
+/// to the front and evicts the least recently used beyond `cap`.
+fn update_group(
+    mut group: Vec<(u64, f64)>,
+    tag: u64,
+    bucket: &TokenBucket,
+    now: f64,
+    cap: usize,
+) -> GroupUpdate {
+    let pos = group.iter().position(|(t, _)| *t == tag);
+    let empty_at = match pos {
+        Some(i) => group.remove(i).1,
+        None => bucket.full_at(now),
+    };
+    let consumed = bucket.try_consume(empty_at, now);
+    if pos == Some(0) && consumed.is_none() {
+        return GroupUpdate::Unchanged;
+    }
+    group.insert(0, (tag, consumed.unwrap_or(empty_at)));
+    let evicted = group.len().saturating_sub(cap) as u64;
+    group.truncate(cap);
+    GroupUpdate::Write(group, consumed.is_some(), evicted)
+}
+
 fn write_group(g: &[(u64, f64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(g.len() * 16);
     for (tag, t) in g {
@@ -244,6 +276,19 @@ impl SharedBuckets<'_> {
         now: f64,
         stats: &mut StoreStats,
     ) -> bool {
+        if let Some((v, cas)) = store.remembered(key) {
+            let empty_at = read_f64(&v).unwrap_or_else(|| bucket.full_at(now));
+            // `empty_at` only moves forward (tokens only leave a bucket), so a
+            // remembered value overstates the tokens: none there means none now.
+            let Some(new) = bucket.try_consume(empty_at, now) else {
+                return false;
+            };
+            // The CAS proves the memory current; a mismatch changes nothing and
+            // is not a lost race: read and update as usual below.
+            if store.set(key, &new.to_le_bytes(), Some(cas)).is_ok() {
+                return true;
+            }
+        }
         for attempt in 0..MAX_CAS_ATTEMPTS {
             if attempt > 0 {
                 stats.cas_retries += 1;
@@ -284,28 +329,32 @@ impl SharedBuckets<'_> {
             return bucket.try_consume(bucket.full_at(now), now).is_some();
         }
         let key = self.group_key(spec, tag);
+        if let Some((v, cas)) = store.remembered(&key) {
+            // Only a write is taken from memory: another worker's eviction can
+            // have refilled this bucket, so "no token" is decided on a fresh read.
+            if let GroupUpdate::Write(group, consumed, evicted) =
+                update_group(read_group(Some(&v)), tag, bucket, now, cap)
+            {
+                if store.set(&key, &write_group(&group), Some(cas)).is_ok() {
+                    stats.dynamic_evictions += evicted;
+                    return consumed;
+                }
+            }
+        }
         for attempt in 0..MAX_CAS_ATTEMPTS {
             if attempt > 0 {
                 stats.cas_retries += 1;
             }
             let (v, cas) = store.get(&key);
-            let mut group = read_group(v.as_deref());
-            let pos = group.iter().position(|(t, _)| *t == tag);
-            let empty_at = match pos {
-                Some(i) => group.remove(i).1,
-                None => bucket.full_at(now),
-            };
-            let consumed = bucket.try_consume(empty_at, now);
-            if pos == Some(0) && consumed.is_none() {
+            let GroupUpdate::Write(group, consumed, evicted) =
+                update_group(read_group(v.as_deref()), tag, bucket, now, cap)
+            else {
                 return false; // nothing changes: already most recent, no token
-            }
-            group.insert(0, (tag, consumed.unwrap_or(empty_at)));
-            let evicted = group.len().saturating_sub(cap);
-            group.truncate(cap);
+            };
             match store.set(&key, &write_group(&group), cas) {
                 Ok(()) => {
-                    stats.dynamic_evictions += evicted as u64;
-                    return consumed.is_some();
+                    stats.dynamic_evictions += evicted;
+                    return consumed;
                 }
                 Err(CasMismatch) => continue,
             }

@@ -25,11 +25,13 @@
 pub mod actions;
 pub mod bucket;
 pub mod config;
+pub mod remember;
 
 pub use bucket::{BucketId, LocalStore, SharedBuckets, StoreStats, TokenBucket, MAX_CAS_ATTEMPTS};
 pub use config::{
     AppendAction, DefaultBucket, Fraction, HeaderReads, HeaderToAdd, LocalRateLimit, RequestView,
 };
+pub use remember::{RememberingStore, WriteMemory};
 
 use crate::host::SharedStore;
 

@@ -1,12 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 
 use serde_json::json;
 
 use super::*;
-use crate::host::{CasMismatch, SharedStore};
+use crate::host::{CasMismatch, RandomSource, SharedStore};
 
 fn cfg(v: serde_json::Value) -> LocalRateLimit {
     LocalRateLimit::from_json(v.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
@@ -763,4 +763,151 @@ fn what_a_decision_reads_follows_the_actions() {
     assert!(by_address.needs_remote_address());
     let masked = actions_cfg(json!([{"masked_remote_address": {}}]));
     assert!(masked.needs_remote_address());
+}
+
+// ------------------------------------------------------------------ remembered writes
+
+/// Counts the host calls that reach the store.
+#[derive(Default)]
+struct Counting {
+    inner: LocalStore,
+    gets: Cell<u32>,
+    sets: Cell<u32>,
+}
+
+impl SharedStore for Counting {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.gets.set(self.gets.get() + 1);
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        self.sets.set(self.sets.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_lone_worker_updates_its_bucket_without_reading_it() {
+    let c =
+        cfg(json!({"stat_prefix": "a", "token_bucket": {"max_tokens": 5, "fill_interval": "60s"}}));
+    let s = Counting::default();
+    c.init_store(&s.inner, NS, 0.0);
+    let memory = RefCell::new(WriteMemory::default());
+    let worker = RememberingStore::new(&s, &memory);
+    let mut st = StoreStats::default();
+    let admitted = (0..10)
+        .filter(|_| c.request_allowed(&worker, NS, 1.0, &[], &mut st).allowed)
+        .count();
+    assert_eq!(admitted, 5);
+    // One read for the first request; then each admission is one predicted
+    // write, and each rejection is decided from the remembered value alone.
+    assert_eq!((s.gets.get(), s.sets.get()), (1, 5));
+    assert_eq!(st, StoreStats::default(), "no lost race counted");
+    // A refill is computed from the remembered value too.
+    assert!(c.request_allowed(&worker, NS, 62.0, &[], &mut st).allowed);
+    assert_eq!((s.gets.get(), s.sets.get()), (1, 6));
+}
+
+#[test]
+fn a_wrong_prediction_changes_nothing_and_contention_cools_down() {
+    let c = cfg(
+        json!({"stat_prefix": "a", "token_bucket": {"max_tokens": 100, "fill_interval": "60s"}}),
+    );
+    let s = Counting::default();
+    c.init_store(&s.inner, NS, 0.0);
+    let (ma, mb) = (
+        RefCell::new(WriteMemory::default()),
+        RefCell::new(WriteMemory::default()),
+    );
+    let (a, b) = (
+        RememberingStore::new(&s, &ma),
+        RememberingStore::new(&s, &mb),
+    );
+    let mut st = StoreStats::default();
+    let mut taken = 0;
+    // (gets, sets) of one request of a.
+    let mut a_request = |st: &mut StoreStats| {
+        let (g, w) = (s.gets.get(), s.sets.get());
+        assert!(c.request_allowed(&a, NS, 1.0, &[], st).allowed);
+        taken += 1;
+        (s.gets.get() - g, s.sets.get() - w)
+    };
+    let mut b_request = |st: &mut StoreStats| {
+        assert!(c.request_allowed(&b, NS, 1.0, &[], st).allowed);
+    };
+    assert_eq!(a_request(&mut st), (1, 1), "nothing remembered yet");
+    assert_eq!(a_request(&mut st), (0, 1), "a wrote last: no read");
+    b_request(&mut st);
+    // a's memory is stale: its predicted write fails, it reads and writes.
+    assert_eq!(a_request(&mut st), (1, 2));
+    assert_eq!(st.cas_retries, 0, "a stale memory is not a lost race");
+    // One collision does not stop the guessing.
+    assert_eq!(a_request(&mut st), (0, 1));
+    // Two in a row: the next COOL_DOWN updates of a read first.
+    b_request(&mut st);
+    assert_eq!(a_request(&mut st), (1, 2));
+    b_request(&mut st);
+    assert_eq!(a_request(&mut st), (1, 2));
+    for _ in 0..remember::COOL_DOWN {
+        assert_eq!(a_request(&mut st), (1, 1));
+    }
+    // Then a guesses again, and nobody wrote in between: one set.
+    assert_eq!(a_request(&mut st), (0, 1));
+    let (_, left, _) = c.x_ratelimit(&s.inner, NS, 1.0, BucketId::Default).unwrap();
+    assert_eq!(left, 100 - taken - 3);
+}
+
+/// Workers with memories, a worker without one, and unrelated writers, in a
+/// random order and over advancing time, decide every request exactly as one
+/// store without any memory decides the same sequence.
+#[test]
+fn remembered_writes_decide_exactly_as_fresh_reads() {
+    let configs = [
+        cfg(two_level()),
+        per_user(6),
+        cfg(
+            json!({"stat_prefix": "g", "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "2s"}}),
+        ),
+    ];
+    for (ci, c) in configs.iter().enumerate() {
+        let shared = LocalStore::default();
+        let reference = LocalStore::default();
+        c.init_store(&shared, NS, 0.0);
+        c.init_store(&reference, NS, 0.0);
+        let memories: Vec<RefCell<WriteMemory>> = (0..3)
+            .map(|_| RefCell::new(WriteMemory::default()))
+            .collect();
+        let mut rng = crate::host::SplitMix64::new(7 + ci as u64);
+        let (mut st, mut st_ref) = (StoreStats::default(), StoreStats::default());
+        let mut now = 1.0;
+        let mut admitted = 0;
+        for i in 0..4000 {
+            let r = rng.next_u64();
+            now += (r % 7) as f64 * 0.05;
+            let user = format!("u{}", (r >> 8) % 9);
+            let descs = match ci {
+                0 => vec![d(&[("path", "/a")]), d(&[("user", "u1")])],
+                1 => vec![d(&[("user", &user)])],
+                _ => vec![],
+            };
+            if (r >> 16).is_multiple_of(5) {
+                // Another plugin writes its own key: the CAS counter moves on.
+                let _ = shared.set("other/key", b"x", None);
+            }
+            let worker = ((r >> 24) % 4) as usize;
+            let got = match memories.get(worker) {
+                Some(m) => {
+                    let store = RememberingStore::new(&shared, m);
+                    c.request_allowed(&store, NS, now, &descs, &mut st)
+                }
+                None => c.request_allowed(&shared, NS, now, &descs, &mut st),
+            };
+            let want = c.request_allowed(&reference, NS, now, &descs, &mut st_ref);
+            assert_eq!(got, want, "config {ci}, request {i}");
+            admitted += usize::from(got.allowed);
+        }
+        assert!(admitted > 100 && admitted < 4000, "config {ci}: {admitted}");
+        assert_eq!(st.cas_exhausted, 0);
+        assert_eq!(st.dynamic_evictions, st_ref.dynamic_evictions);
+    }
 }
