@@ -832,7 +832,7 @@ fn a_wrong_prediction_changes_nothing_and_contention_cools_down() {
         taken += 1;
         (s.gets.get() - g, s.sets.get() - w)
     };
-    let mut b_request = |st: &mut StoreStats| {
+    let b_request = |st: &mut StoreStats| {
         assert!(c.request_allowed(&b, NS, 1.0, &[], st).allowed);
     };
     assert_eq!(a_request(&mut st), (1, 1), "nothing remembered yet");
