@@ -606,7 +606,7 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
 /// (a stuck or 1 s-grained timer).
 /// And in at least one of three attempts the tight bounds: p50 error ≤ 5 ms on
 /// meshwasm (or within 2 ms of the native filter's in the same attempt, when
-/// noise takes that over 5 ms) and p99 ≤ 50 ms: a coarse tick (a period rounded
+/// noise takes that over 5 ms) and p99 ≤ native's + 10 ms (at least 15 ms): a coarse tick (a period rounded
 /// up, a stale re-arm, or a burst waiting a tick per request costs milliseconds)
 /// fails, while a noisy moment rarely lasts three attempts.
 /// Tick-exact timing is pinned deterministically by `fault_emulator.rs`.
@@ -637,15 +637,18 @@ fn delays_are_accurate() {
         }
         // The bound is 5 ms. The p50 holds it (or stays within 2 ms of
         // the native twin's when noise takes that over 5 ms). The p99 is the
-        // 2nd-worst of 100–200 requests: on this shared VM it is noise (native
-        // 4.5–8 ms, meshwasm 5–26 ms seen), so only a stuck timer fails it.
+        // 2nd-worst of 100–200 requests, and on this shared VM it is set by
+        // moments that delay a whole batch on both listeners: native's own p99
+        // was 3.8–24.5 ms in 7 runs (meshwasm 5.0–25.4 ms). So the p99 is held to
+        // the native twin's plus 10 ms (at least 15 ms): a request that waits one
+        // extra tick, or a tick armed late, fails it.
         tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
             let (e50, e99, _) = m[ours];
-            e50 <= 5.0f64.max(m[native].0 + 2.0) && e99 <= 50.0
+            e50 <= 5.0f64.max(m[native].0 + 2.0) && e99 <= 15.0f64.max(m[native].1 + 10.0)
         });
     }
     eprint!("{all}");
-    assert!(tight_ok, "meshwasm delay error above 5 ms p50 (and 2 ms over native's) or 50 ms p99, in 3 attempts\n{all}");
+    assert!(tight_ok, "meshwasm delay error above 5 ms p50 (and 2 ms over native's) or above native's p99 + 10 ms (and 15 ms), in 3 attempts\n{all}");
     let n = 300 * attempts as u64;
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), n);
     assert_eq!(envoy.stat("http.native.fault.delays_injected"), n);
