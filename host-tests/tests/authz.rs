@@ -586,20 +586,39 @@ fn set_remote() -> PolicySet {
             {"when": [{"key": "remote.ip", "values": ["5.6.7.8"]}]}
         ]}),
     );
+    // Behind a trusted hop the wasm host cannot tell the direct peer: an
+    // ipBlocks DENY must still deny (fail closed), as native RBAC, which knows
+    // the peer (127.0.0.1), does.
     let deny = policy(
         "deny-remote",
-        json!({"action": "DENY", "rules": [{"from": [{"source": {"remoteIpBlocks": ["9.9.9.9"]}}]}]}),
+        json!({"action": "DENY", "rules": [
+            {"from": [{"source": {"remoteIpBlocks": ["9.9.9.9"]}}]},
+            {"from": [{"source": {"ipBlocks": ["127.0.0.1"]}}], "to": [{"operation": {"paths": ["/internal"]}}]}
+        ]}),
     );
     let remote = |ip, len| json!({"remoteIp": cidr(ip, len)});
     let native_deny = rbac(
         "DENY",
-        vec![(
-            id("deny-remote", 0),
-            rbac_policy(
-                vec![any_permission()],
-                vec![and_ids(vec![or_ids(vec![remote("9.9.9.9", 32)])])],
+        vec![
+            (
+                id("deny-remote", 0),
+                rbac_policy(
+                    vec![any_permission()],
+                    vec![and_ids(vec![or_ids(vec![remote("9.9.9.9", 32)])])],
+                ),
             ),
-        )],
+            (
+                id("deny-remote", 1),
+                rbac_policy(
+                    vec![and_rules(vec![or_rules(vec![url_path(exact(
+                        "/internal",
+                    ))])])],
+                    vec![and_ids(vec![or_ids(vec![
+                        json!({"directRemoteIp": cidr("127.0.0.1", 32)}),
+                    ])])],
+                ),
+            ),
+        ],
     );
     let native_allow = rbac(
         "ALLOW",
@@ -649,6 +668,12 @@ fn set_remote() -> PolicySet {
                 403,
             ),
             either("garbage xff", xff("/", "not-an-ip")),
+            expect(
+                "ipBlocks DENY with the client address from xff",
+                xff("/internal", "1.2.3.5"),
+                403,
+            ),
+            expect("ipBlocks DENY, other path", xff("/public", "1.2.3.5"), 200),
         ],
     }
 }

@@ -168,6 +168,7 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
                 for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
                     for c in and {
                         for l in &mut c.any_of {
+                            pol.reads_direct_ip |= matches!(l, Leaf::DirectIp(_));
                             if let Leaf::Header { name, slot, .. } = l {
                                 *slot = match header_names.iter().position(|n| n == name) {
                                     Some(i) => i,
@@ -182,6 +183,15 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
                 }
             }
         }
+    }
+
+    // Fail closed when the direct peer is unknown (see `Engine`).
+    deny.unknown_peer_matches = true;
+    if let Some(e) = deny_shadow.as_mut() {
+        e.unknown_peer_matches = true;
+    }
+    if let Some((e, _)) = custom.as_mut() {
+        e.unknown_peer_matches = true;
     }
 
     let mut needs = Needs::default();
@@ -427,6 +437,7 @@ fn compile_policy(
             id: id(0),
             permissions: vec![never.clone()],
             principals: vec![never],
+            reads_direct_ip: false,
         }]);
     }
     let mut out = Vec::new();
@@ -440,6 +451,7 @@ fn compile_policy(
             id: id(j),
             permissions,
             principals,
+            reads_direct_ip: false,
         });
     }
     Ok(out)

@@ -126,12 +126,19 @@ pub(crate) struct Policy {
     /// OR of AND-lists.
     pub permissions: Vec<Vec<Cond>>,
     pub principals: Vec<Vec<Cond>>,
+    /// Some leaf is `ipBlocks`/`source.ip` (set after compilation).
+    pub reads_direct_ip: bool,
 }
 
 /// The policies of one RBAC filter section (`rules` or `shadowRules`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Engine {
     pub policies: Vec<Policy>,
+    /// What a policy whose outcome hangs on an unknown direct peer counts as:
+    /// a match in DENY and CUSTOM engines (the request is denied or checked),
+    /// no match in ALLOW and AUDIT ones, so an unknown address never opens a
+    /// door a known one would keep shut.
+    pub unknown_peer_matches: bool,
 }
 
 impl Engine {
@@ -139,7 +146,13 @@ impl Engine {
     fn first_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<&str> {
         self.policies
             .iter()
-            .find(|p| p.matches(req))
+            .find(|p| {
+                if p.reads_direct_ip && req.direct_ip().is_none() {
+                    p.matches_kleene(req).unwrap_or(self.unknown_peer_matches)
+                } else {
+                    p.matches(req)
+                }
+            })
             .map(|p| p.id.as_str())
     }
 }
@@ -149,6 +162,62 @@ impl Policy {
         self.permissions.iter().any(|and| all(and, req))
             && self.principals.iter().any(|and| all(and, req))
     }
+
+    /// [`Policy::matches`] in three-valued (Kleene) logic, where a direct-peer
+    /// leaf is unknown when the host cannot tell the peer: `None` when the
+    /// outcome depends on it.
+    fn matches_kleene<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<bool> {
+        let permissions = any3(&self.permissions, req);
+        if permissions == Some(false) {
+            return Some(false);
+        }
+        match (permissions, any3(&self.principals, req)) {
+            (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// Kleene OR of AND-lists.
+fn any3<R: RequestAttrs + ?Sized>(lists: &[Vec<Cond>], req: &mut R) -> Option<bool> {
+    let mut unknown = false;
+    for and in lists {
+        match all3(and, req) {
+            Some(true) => return Some(true),
+            None => unknown = true,
+            Some(false) => {}
+        }
+    }
+    (!unknown).then_some(false)
+}
+
+/// Kleene AND of conditions, each a (possibly negated) OR of leaves.
+fn all3<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> Option<bool> {
+    let mut unknown = false;
+    for c in conds {
+        let mut any = Some(false);
+        for l in &c.any_of {
+            let v = match l {
+                Leaf::DirectIp(_) if req.direct_ip().is_none() => None,
+                _ => Some(l.matches(req)),
+            };
+            match v {
+                Some(true) => {
+                    any = Some(true);
+                    break;
+                }
+                None => any = None,
+                Some(false) => {}
+            }
+        }
+        match any.map(|a| a != c.negate) {
+            Some(false) => return Some(false),
+            None => unknown = true,
+            Some(true) => {}
+        }
+    }
+    (!unknown).then_some(true)
 }
 
 fn all<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> bool {

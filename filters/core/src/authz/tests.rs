@@ -931,6 +931,71 @@ fn ip_blocks_direct_and_remote() {
     );
 }
 
+/// When Envoy took the client address from `x-forwarded-for`, the wasm host
+/// cannot tell the direct peer. A policy whose outcome hangs on it fails
+/// closed: DENY and CUSTOM count it as a match, ALLOW as no match, whether the
+/// address is in `ipBlocks` or `notIpBlocks`; a policy decided by other fields
+/// is decided as usual (three-valued logic).
+#[test]
+fn an_unknown_direct_peer_never_lets_a_request_through() {
+    let unknown = |path: &str| {
+        let mut r = get(path);
+        r.direct = None;
+        r
+    };
+    let deny = |rule: Value| {
+        authz(vec![policy(
+            "d",
+            json!({"action": "DENY", "rules": [rule]}),
+        )])
+    };
+    let allow = |rule: Value| authz(vec![policy("a", json!({"rules": [rule]}))]);
+    let from = |field: &str| json!({"from": [{"source": {field: ["10.0.0.0/24"]}}]});
+    let when = |field: &str| json!({"when": [{"key": "source.ip", field: ["10.0.0.0/24"]}]});
+    for rule in [
+        from("ipBlocks"),
+        from("notIpBlocks"),
+        when("values"),
+        when("notValues"),
+    ] {
+        assert!(!allowed(&deny(rule.clone()), unknown("/")), "DENY {rule}");
+        assert!(!allowed(&allow(rule.clone()), unknown("/")), "ALLOW {rule}");
+    }
+    // Decided without the peer: an AND with a false term, an OR with a true one.
+    let admin_from = json!({"from": [{"source": {"notIpBlocks": ["10.0.0.0/24"]}}], "to": [{"operation": {"paths": ["/admin"]}}]});
+    assert!(allowed(&deny(admin_from.clone()), unknown("/public")));
+    assert!(!allowed(&deny(admin_from), unknown("/admin")));
+    let either = json!({"from": [{"source": {"ipBlocks": ["10.0.0.0/24"]}}, {"source": {"remoteIpBlocks": ["10.0.0.1"]}}]});
+    assert!(
+        allowed(&allow(either.clone()), unknown("/")),
+        "the remote address decides"
+    );
+    let mut other_remote = unknown("/");
+    other_remote.remote = Some("10.9.9.9".parse().unwrap());
+    assert!(!allowed(&allow(either), other_remote));
+    // `ipBlocks: [A], notIpBlocks: [B]` stays unknown (a peer in A but not in B
+    // matches), where substituting one value for every unknown leaf would not.
+    let a_not_b =
+        json!({"from": [{"source": {"ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.1.0.0/16"]}}]});
+    assert!(!allowed(&deny(a_not_b), unknown("/")));
+    // CUSTOM: the check is made.
+    let cfg = json!({"trustDomain": "cluster.local",
+        "extensionProviders": [{"name": "ext", "envoyExtAuthzHttp": {"service": "authz.foo.svc.cluster.local", "port": 8000}}],
+        "policies": [policy("c", json!({"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [from("ipBlocks")]}))]});
+    let a = Authz::from_json(cfg.to_string().as_bytes()).unwrap();
+    assert!(a.check_custom(&mut unknown("/")).is_some());
+    assert!(a.check_custom(&mut get("/").direct("10.9.9.9")).is_none());
+    // A known peer is matched as before.
+    assert!(allowed(
+        &deny(from("ipBlocks")),
+        get("/").direct("10.9.9.9")
+    ));
+    assert!(!allowed(
+        &deny(from("ipBlocks")),
+        get("/").direct("10.0.0.9")
+    ));
+}
+
 // ---------------------------------------------------------------- JWT (A.9, A.10)
 
 #[test]
