@@ -168,7 +168,6 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
                 for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
                     for c in and {
                         for l in &mut c.any_of {
-                            pol.reads_direct_ip |= matches!(l, Leaf::DirectIp(_));
                             if let Leaf::Header { name, slot, .. } = l {
                                 *slot = match header_names.iter().position(|n| n == name) {
                                     Some(i) => i,
@@ -437,7 +436,6 @@ fn compile_policy(
             id: id(0),
             permissions: vec![never.clone()],
             principals: vec![never],
-            reads_direct_ip: false,
         }]);
     }
     let mut out = Vec::new();
@@ -451,7 +449,6 @@ fn compile_policy(
             id: id(j),
             permissions,
             principals,
-            reads_direct_ip: false,
         });
     }
     Ok(out)

@@ -126,8 +126,6 @@ pub(crate) struct Policy {
     /// OR of AND-lists.
     pub permissions: Vec<Vec<Cond>>,
     pub principals: Vec<Vec<Cond>>,
-    /// Some leaf is `ipBlocks`/`source.ip` (set after compilation).
-    pub reads_direct_ip: bool,
 }
 
 /// The policies of one RBAC filter section (`rules` or `shadowRules`).
@@ -146,32 +144,22 @@ impl Engine {
     fn first_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<&str> {
         self.policies
             .iter()
-            .find(|p| {
-                if p.reads_direct_ip && req.direct_ip().is_none() {
-                    p.matches_kleene(req).unwrap_or(self.unknown_peer_matches)
-                } else {
-                    p.matches(req)
-                }
-            })
+            .find(|p| p.matches(req).unwrap_or(self.unknown_peer_matches))
             .map(|p| p.id.as_str())
     }
 }
 
 impl Policy {
-    fn matches<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> bool {
-        self.permissions.iter().any(|and| all(and, req))
-            && self.principals.iter().any(|and| all(and, req))
-    }
-
-    /// [`Policy::matches`] in three-valued (Kleene) logic, where a direct-peer
-    /// leaf is unknown when the host cannot tell the peer: `None` when the
-    /// outcome depends on it.
-    fn matches_kleene<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<bool> {
-        let permissions = any3(&self.permissions, req);
+    /// Whether the policy matches, in three-valued (Kleene) logic: `None` when
+    /// the outcome depends on a direct peer the host cannot tell (see
+    /// [`Leaf::eval`]). With every leaf known this is RBAC's two-valued match,
+    /// short-circuited the same way.
+    fn matches<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<bool> {
+        let permissions = any_of_all(&self.permissions, req);
         if permissions == Some(false) {
             return Some(false);
         }
-        match (permissions, any3(&self.principals, req)) {
+        match (permissions, any_of_all(&self.principals, req)) {
             (_, Some(false)) => Some(false),
             (Some(true), Some(true)) => Some(true),
             _ => None,
@@ -180,10 +168,10 @@ impl Policy {
 }
 
 /// Kleene OR of AND-lists.
-fn any3<R: RequestAttrs + ?Sized>(lists: &[Vec<Cond>], req: &mut R) -> Option<bool> {
+fn any_of_all<R: RequestAttrs + ?Sized>(lists: &[Vec<Cond>], req: &mut R) -> Option<bool> {
     let mut unknown = false;
     for and in lists {
-        match all3(and, req) {
+        match all(and, req) {
             Some(true) => return Some(true),
             None => unknown = true,
             Some(false) => {}
@@ -193,16 +181,12 @@ fn any3<R: RequestAttrs + ?Sized>(lists: &[Vec<Cond>], req: &mut R) -> Option<bo
 }
 
 /// Kleene AND of conditions, each a (possibly negated) OR of leaves.
-fn all3<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> Option<bool> {
+fn all<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> Option<bool> {
     let mut unknown = false;
     for c in conds {
         let mut any = Some(false);
         for l in &c.any_of {
-            let v = match l {
-                Leaf::DirectIp(_) if req.direct_ip().is_none() => None,
-                _ => Some(l.matches(req)),
-            };
-            match v {
+            match l.eval(req) {
                 Some(true) => {
                     any = Some(true);
                     break;
@@ -220,13 +204,16 @@ fn all3<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> Option<bool> {
     (!unknown).then_some(true)
 }
 
-fn all<R: RequestAttrs + ?Sized>(conds: &[Cond], req: &mut R) -> bool {
-    conds
-        .iter()
-        .all(|c| c.any_of.iter().any(|l| l.matches(req)) != c.negate)
-}
-
 impl Leaf {
+    /// The leaf's value; `None` only for a direct-peer leaf when the host cannot
+    /// tell the peer (the client address came from `x-forwarded-for`).
+    fn eval<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<bool> {
+        match self {
+            Leaf::DirectIp(c) => req.direct_ip().map(|ip| c.contains(ip)),
+            _ => Some(self.matches(req)),
+        }
+    }
+
     fn matches<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> bool {
         match self {
             Leaf::Any => true,
