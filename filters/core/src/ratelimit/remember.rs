@@ -25,9 +25,11 @@
 //!
 //! A failed prediction is followed by a read. When it shows our own value, only
 //! the counter model was behind (other keys were written): the model is set
-//! right and prediction goes on. When it shows another worker's value, the key
-//! is read first for the next [`COOL_DOWN`] updates: under contention,
-//! predictions mostly fail and would otherwise add a wasted set to every request.
+//! right and prediction goes on. When it shows another worker's value
+//! [`CONTENDED`] times in a row, the key is read first for the next
+//! [`COOL_DOWN`] updates: under steady contention predictions mostly fail and
+//! would otherwise add a wasted set to most requests, while a lone collision
+//! costs only one.
 
 use std::cell::RefCell;
 
@@ -38,6 +40,8 @@ use crate::host::{CasMismatch, SharedStore};
 /// Updates of a key that read first after failed predictions showed another
 /// worker writing it [`CONTENDED`] times in a row.
 pub const COOL_DOWN: u8 = 8;
+/// Failed predictions in a row, each showing another worker's write, that
+/// start a [`COOL_DOWN`].
 pub const CONTENDED: u8 = 2;
 
 /// Bytes of remembered keys and values per worker; beyond it the memory starts
@@ -52,9 +56,8 @@ struct Entry {
     cas: u32,
     /// `value`/`cas` may be tried.
     known: bool,
-    /// `value` is our own write, number `seq` of this worker's writes.
-    ours: bool,
-    seq: u64,
+    /// `Some(n)`: `value` is our own write, number `n` of this worker's writes.
+    own_write: Option<u64>,
     /// A predicted write failed; the next read tells whether anybody else wrote.
     suspect: bool,
     /// Other workers' writes seen in a row by failed predictions.
@@ -92,8 +95,7 @@ impl WriteMemory {
             e.value.extend_from_slice(value);
             e.cas = cas;
             e.known = true;
-            e.ours = seq.is_some();
-            e.seq = seq.unwrap_or(0);
+            e.own_write = seq;
         };
         if let Some(e) = self.entries.get_mut(key) {
             let bytes = self.bytes - e.value.len() + value.len();
@@ -125,10 +127,10 @@ impl WriteMemory {
         let mut floor = advance(cas, 1);
         if let Some(e) = self.entries.get_mut(key) {
             if std::mem::take(&mut e.suspect) {
-                if e.ours && e.value == value {
+                if let (Some(seq), true) = (e.own_write, e.value == value) {
                     // Our write is still there and got `cas`; every write we made
                     // since came after it: only our counter model was behind.
-                    floor = advance(cas, self.writes - e.seq);
+                    floor = advance(cas, self.writes - seq);
                 } else {
                     // Another worker wrote the key. Twice in a row: read first for
                     // a while (a lone collision costs one wasted write; steady
@@ -149,7 +151,7 @@ impl WriteMemory {
     /// counter's next value.
     fn wrote(&mut self, key: &str, value: &[u8], cas: Option<u32>) {
         if let Some(e) = self.entries.get_mut(key) {
-            if e.known && e.ours && cas == Some(e.cas) {
+            if e.known && e.own_write.is_some() && cas == Some(e.cas) {
                 e.contended = 0; // a prediction held
             }
         }
