@@ -714,10 +714,16 @@ fn concurrent_delays_do_not_block_the_workers() {
         d50 <= b50 + 50.0,
         "undelayed p50 {d50:.2} ms vs {b50:.2} ms before"
     );
+    // A delay may end a few milliseconds early, for both filters: Envoy arms
+    // timers from the event loop's cached time, which lags the clock while a
+    // worker takes in 500 connections at once, and deadlines within
+    // `DUE_WITHIN_NS` (2 ms) of a tick end on it (see `DelayQueue::due`).
+    // CI once saw 1498.99 ms here. An undelayed request takes ~1 ms.
+    let early = Duration::from_millis(10);
     for s in slow {
         let (status, took) = s.join().unwrap();
         assert_eq!(status, 200);
-        assert!(took >= delay - Duration::from_millis(1), "{took:?}");
+        assert!(took >= delay - early, "{took:?}");
     }
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), 500);
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.active_faults"), 0);
@@ -759,7 +765,8 @@ fn max_active_faults_overflow_counted_like_native() {
         }
         let (status, took) = first.join().unwrap();
         assert_eq!(status, 200);
-        assert!(took >= Duration::from_millis(999), "{listener}: {took:?}");
+        // Early by up to a loop's cached-time lag, as above.
+        assert!(took >= Duration::from_millis(990), "{listener}: {took:?}");
         assert_eq!(
             envoy.stat(&format!("{prefix}.faults_overflow")),
             2,
