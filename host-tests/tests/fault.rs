@@ -10,6 +10,7 @@
 // Test code: a failure here is a test failure (the no-panic rule is for code in Envoy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -266,6 +267,8 @@ fn abort_all(status: u32) -> Value {
 /// the outcome says which route was chosen.
 #[test]
 fn twin_route_selection_and_header_faults() {
+    // Its load would disturb the timing tests.
+    let _serial = timing_lock();
     let up = upstream();
     let cfg = json!({"http": [
         {"match": [{"uri": {"exact": "/exact"}}], "fault": abort_all(501)},
@@ -556,10 +559,18 @@ fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One measurement of both delays on both listeners: (report, per (path,
-/// listener): (p50 error, p99 error, min latency)).
-fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
+/// Per (path, listener): (p50 error, p99 error, fastest − delay) as the client
+/// saw them, in ms.
+type ClientDelays = Vec<(f64, f64, f64)>;
+/// Per (path, listener): (p50 error, p99 error) of the time Envoy held the
+/// requests, in ms.
+type HeldDelays = Vec<(f64, f64)>;
+
+/// One measurement of both delays on both listeners, as the client saw it and
+/// as Envoy held the requests, with a printable report.
+fn measure_delays(envoy: &Envoy) -> (String, ClientDelays, HeldDelays) {
     let listeners = ["meshwasm", "native"];
+    let log_start = envoy.log().len();
     let base: Vec<f64> = listeners
         .iter()
         .map(|l| percentile(&latencies(envoy.port(l), "/none", 20, 1), 0.5))
@@ -591,24 +602,71 @@ fn measure_delays(envoy: &Envoy) -> (String, Vec<(f64, f64, f64)>) {
             out.push((e50, e99, lat[0] - delay));
         }
     }
-    (report, out)
+    // What Envoy itself measured: how long it held each request (access log).
+    std::thread::sleep(Duration::from_millis(300));
+    let held = held_ms(&envoy.log()[log_start..]);
+    let mut proxy = Vec::new();
+    for (path, delay) in [("/fifty", 50.0), ("/fivehundred", 500.0)] {
+        for listener in listeners {
+            let base = percentile(&held[&(listener.to_string(), "/none".to_string())], 0.5);
+            let err: Vec<f64> = held[&(listener.to_string(), path.to_string())]
+                .iter()
+                .map(|h| h - delay - base)
+                .collect();
+            let (e50, e99) = (percentile(&err, 0.5), percentile(&err, 0.99));
+            report.push_str(&format!(
+                "  {listener} {path} held by Envoy ({} requests): base p50 {base:.3} ms, delay error p50 {e50:.2} ms p99 {e99:.2} ms\n",
+                err.len()
+            ));
+            proxy.push((e50, e99));
+        }
+    }
+    (report, out, proxy)
 }
 
-/// Delays of 50 ms and 500 ms, measured on both listeners. The error is
-/// latency − delay − the listener's median undelayed latency; p50 and p99 are
-/// printed for every attempt.
+/// The `HELD <listener> <path> <µs>` access-log lines: per (listener, path),
+/// how long Envoy held each request before sending it upstream, in ms, sorted.
+fn held_ms(log: &str) -> BTreeMap<(String, String), Vec<f64>> {
+    let mut out: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if let ["HELD", listener, path, us] = f[..] {
+            if let Ok(us) = us.parse::<f64>() {
+                out.entry((listener.into(), path.into()))
+                    .or_default()
+                    .push(us / 1000.0);
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    }
+    out
+}
+
+/// Delays of 50 ms and 500 ms, measured on both listeners, twice: by the
+/// client (latency − delay − the listener's median undelayed latency), and by
+/// Envoy itself (its access log's time from the first request byte to the first
+/// upstream byte, − delay − the same for undelayed requests), which leaves out
+/// the client's and the upstream's scheduling. p50 and p99 of both are printed
+/// for every attempt.
 ///
 /// Timing on this shared 2-core machine is noisy (the native filter itself has
-/// shown a 67 ms p50 error here while other builds ran), so the asserts are in
-/// two tiers. In every attempt, bounds noise cannot break but a broken delay
-/// does: min latency ≥ delay − 5 ms on both (a missing or truncated delay;
-/// Envoy's timers may end one ~2 ms early), p50 error ≤ 150 ms and p99 ≤ 500 ms
-/// (a stuck or 1 s-grained timer).
-/// And in at least one of three attempts the tight bounds: p50 error ≤ 5 ms on
-/// meshwasm (or within 2 ms of the native filter's in the same attempt, when
-/// noise takes that over 5 ms) and p99 ≤ native's + 10 ms (at least 15 ms): a coarse tick (a period rounded
-/// up, a stale re-arm, or a burst waiting a tick per request costs milliseconds)
-/// fails, while a noisy moment rarely lasts three attempts.
+/// shown a 67 ms p50 error here while other builds ran, and a 53 ms p99 held by
+/// Envoy on a quiet one), so the asserts are in two tiers. In every attempt,
+/// bounds noise cannot break but a broken delay does, on both listeners: the
+/// fastest request no more than 30 ms early (a missing delay; Envoy's timers can
+/// end a delay early by a loop iteration's length: native ended one 50 ms delay
+/// after 31.1 ms here), the client's p50 error within −4 ms (a truncated delay)
+/// and 150 ms, its p99 ≤ 500 ms (a stuck or 1 s-grained timer).
+/// And in at least one of three attempts the tight bounds, on what Envoy
+/// measured: meshwasm's p50 error ≤ 5 ms (or within 2 ms of the native filter's
+/// in the same attempt) and p99 ≤ native's + 10 ms (at least 10 ms). A coarse
+/// tick (a period rounded up, a stale re-arm, or a burst waiting a tick per
+/// request costs milliseconds) fails, while a noisy moment rarely lasts three
+/// attempts. The 5 ms p99 holds on quiet attempts for both filters
+/// (e.g. meshwasm 4.88 / 4.19 ms, native 4.99 / 3.88 ms) but not on noisy ones
+/// for either, so it is printed, not asserted.
 /// Tick-exact timing is pinned deterministically by `fault_emulator.rs`.
 #[test]
 fn delays_are_accurate() {
@@ -624,31 +682,23 @@ fn delays_are_accurate() {
     let mut attempts = 0;
     while attempts < 3 && !tight_ok {
         attempts += 1;
-        let (report, m) = measure_delays(&envoy);
+        let (report, client, held) = measure_delays(&envoy);
         all.push_str(&format!("attempt {attempts}:\n{report}"));
-        // m: [fifty meshwasm, fifty native, 500 meshwasm, 500 native]
-        for (e50, e99, early) in &m {
-            // Envoy arms timers from the event loop's cached time, so its fault
-            // timer (and the tick meshwasm trusts like it) can end a delay ~2 ms
-            // early (48.1 ms for 50 ms seen here); a missing or truncated delay
-            // ends far earlier.
-            assert!(*early >= -5.0, "a delay ended early\n{all}");
-            assert!(*e50 <= 150.0 && *e99 <= 500.0, "delay far off\n{all}");
+        // [fifty meshwasm, fifty native, 500 meshwasm, 500 native]
+        for (e50, e99, early) in &client {
+            assert!(*early >= -30.0, "a delay ended early\n{all}");
+            assert!(
+                (-4.0..=150.0).contains(e50) && *e99 <= 500.0,
+                "delay far off\n{all}"
+            );
         }
-        // The bound is 5 ms. The p50 holds it (or stays within 2 ms of
-        // the native twin's when noise takes that over 5 ms). The p99 is the
-        // 2nd-worst of 100–200 requests, and on this shared VM it is set by
-        // moments that delay a whole batch on both listeners: native's own p99
-        // was 3.8–24.5 ms in 7 runs (meshwasm 5.0–25.4 ms). So the p99 is held to
-        // the native twin's plus 10 ms (at least 15 ms): a request that waits one
-        // extra tick, or a tick armed late, fails it.
         tight_ok = [(0, 1), (2, 3)].iter().all(|&(ours, native)| {
-            let (e50, e99, _) = m[ours];
-            e50 <= 5.0f64.max(m[native].0 + 2.0) && e99 <= 15.0f64.max(m[native].1 + 10.0)
+            let ((e50, e99), (n50, n99)) = (held[ours], held[native]);
+            e50 <= 5.0f64.max(n50 + 2.0) && e99 <= 10.0f64.max(n99 + 10.0)
         });
     }
     eprint!("{all}");
-    assert!(tight_ok, "meshwasm delay error above 5 ms p50 (and 2 ms over native's) or above native's p99 + 10 ms (and 15 ms), in 3 attempts\n{all}");
+    assert!(tight_ok, "meshwasm's delay error as Envoy measured it above 5 ms p50 (and 2 ms over native's) or above native's p99 + 10 ms (and 10 ms), in 3 attempts\n{all}");
     let n = 300 * attempts as u64;
     assert_eq!(envoy.stat("wasmcustom.meshwasm.fault.delays_injected"), n);
     assert_eq!(envoy.stat("http.native.fault.delays_injected"), n);
@@ -784,6 +834,8 @@ fn max_active_faults_overflow_counted_like_native() {
 /// the field.
 #[test]
 fn invalid_config_is_refused() {
+    // Its load would disturb the timing tests.
+    let _serial = timing_lock();
     let up = upstream();
     let cfg = json!({"http": [{"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 10}},
                                          "delay": {"exponentialDelay": "1s"}}}]});
