@@ -15,7 +15,10 @@ use host_tests::http::{Request, Response};
 use host_tests::twin::{self, Case};
 use host_tests::upstream::{Reply, Upstream};
 use meshwasm_core::jwt::base64url_encode;
-use meshwasm_core::jwt::testing::{hmac_sha256, jwk, jwks_json, sign, token, Key, DEFAULT_KEYS};
+use meshwasm_core::jwt::testing::{
+    hmac_sha256, jwk, jwks_json, rsa_private_key_der, sign, token, x509_jwks_json, x509_pem, Key,
+    DEFAULT_KEYS,
+};
 use serde_json::{json, Value};
 
 const ISS: &str = "https://issuer.example";
@@ -577,5 +580,177 @@ fn twin_remote_jwks_and_invalid_config() {
             log.contains("jwt_authn: jwtRules[0].forwardOriginalTokn: unknown field"),
             "{log}"
         ),
+    }
+}
+
+/// A certificate for `key` made by `openssl req` (real extensions, a real
+/// self-signature), as PEM.
+fn openssl_certificate(key: Key) -> String {
+    let dir = std::env::temp_dir().join(format!("meshwasm-x509-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key.der"), rsa_private_key_der(key)).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "key.der",
+            "-keyform",
+            "DER",
+            "-subj",
+            "/CN=meshwasm-jwks",
+            "-days",
+            "2",
+            "-out",
+            "cert.pem",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    pem
+}
+
+/// The X.509 map form of a JWKS (`{"<kid>": "<PEM certificate>"}`, as Google's
+/// and Firebase's x509 endpoints serve it), inline and fetched: the same
+/// decisions as jwt_verify_lib's `createFromX509` in the native filter. One
+/// map holds a certificate made by openssl, one a P-256 key (which fails the
+/// whole set on both), and a bad inline map is refused by both.
+#[test]
+fn twin_x509_map_jwks() {
+    const EC_ISS: &str = "https://ec.example";
+    let upstream = Upstream::echo("backend");
+    let real =
+        json!({"rsa-1": openssl_certificate(Key::Rsa1), "rsa-2": x509_pem(Key::Rsa2)}).to_string();
+    let jwks = Upstream::start("jwks", move |seen| match seen.path.as_str() {
+        "/x509/other" => Reply::new(200)
+            .header("content-type", "application/json")
+            .body(real.clone()),
+        "/x509/ec" => Reply::new(200)
+            .header("content-type", "application/json")
+            .body(x509_jwks_json(&[Key::Rsa1, Key::P256])),
+        _ => Reply::new(404),
+    });
+    let upstream_rules = |cluster: bool| {
+        let mut rules = vec![
+            json!({"issuer": ISS, "jwks": x509_jwks_json(&[Key::Rsa1])}),
+            json!({"issuer": OTHER_ISS, "jwksUri": "http://keys.example/x509/other"}),
+            json!({"issuer": EC_ISS, "jwksUri": "http://keys.example/x509/ec"}),
+        ];
+        if cluster {
+            for r in &mut rules[1..] {
+                r["jwksCluster"] = json!("jwks");
+            }
+        }
+        rules
+    };
+    let envoy = Envoy::from_file("jwt_authn.yaml")
+        .plugin_config("PLUGIN_CONFIG", &json!({"jwtRules": upstream_rules(true)}))
+        .var(
+            "NATIVE_CONFIG",
+            &native_config(&upstream_rules(false)).to_string(),
+        )
+        .upstream("UPSTREAM_PORT", &upstream)
+        .upstream("JWKS_PORT", &jwks)
+        .concurrency(2)
+        .start();
+    let signed = |key, header: Value, iss: &str| sign(key, &header, &with(json!({"iss": iss})));
+    let cases = vec![
+        bearer(
+            "inline: RS256 by kid",
+            &signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-1"}), ISS),
+        ),
+        bearer(
+            "inline: PS256, no kid",
+            &signed(Key::Rsa1, json!({"alg": "PS256"}), ISS),
+        ),
+        bearer(
+            "inline: another key's signature",
+            &signed(Key::Rsa2, json!({"alg": "RS256", "kid": "rsa-1"}), ISS),
+        ),
+        bearer(
+            "inline: kid not in the map",
+            &signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-9"}), ISS),
+        ),
+        bearer(
+            "inline: ES256 against the RSA key",
+            &signed(Key::P256, json!({"alg": "ES256", "kid": "rsa-1"}), ISS),
+        ),
+        bearer(
+            "inline: HS256 keyed with the certificate",
+            &signed(Key::Hmac, json!({"alg": "HS256", "kid": "rsa-1"}), ISS),
+        ),
+        bearer(
+            "fetched: openssl's certificate",
+            &signed(
+                Key::Rsa1,
+                json!({"alg": "RS384", "kid": "rsa-1"}),
+                OTHER_ISS,
+            ),
+        ),
+        bearer(
+            "fetched: second certificate",
+            &signed(
+                Key::Rsa2,
+                json!({"alg": "RS256", "kid": "rsa-2"}),
+                OTHER_ISS,
+            ),
+        ),
+        bearer(
+            "fetched: swapped kids",
+            &signed(
+                Key::Rsa2,
+                json!({"alg": "RS256", "kid": "rsa-1"}),
+                OTHER_ISS,
+            ),
+        ),
+        bearer(
+            "fetched: a map with an EC certificate",
+            &signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-1"}), EC_ISS),
+        ),
+    ];
+    twin::assert_same_by(&envoy, "meshwasm", "native", &cases, jwt_outcome);
+    // Agreeing is not enough: the certificates must really give keys.
+    let want = [200, 200, 401, 401, 401, 401, 200, 200, 401, 401];
+    for (case, want) in cases.iter().zip(want) {
+        let got = jwt_outcome(&envoy.send("meshwasm", &case.request));
+        assert_eq!(got.status, want, "{}: {got}", case.name);
+    }
+    drop(envoy);
+
+    // An inline map with a P-256 certificate: both filters refuse the listener.
+    let bad = json!({"issuer": ISS, "jwks": x509_jwks_json(&[Key::Rsa1, Key::P256])});
+    let good = json!({"issuer": ISS, "jwks": x509_jwks_json(&[Key::Rsa1])});
+    for (plugin, native, expect) in [
+        (
+            &bad,
+            &good,
+            "jwtRules[0].jwks: invalid jwks: X509 parse pubkey internal fails: get pubkey",
+        ),
+        (&good, &bad, "invalid local jwks"),
+    ] {
+        let err = Envoy::from_file("jwt_authn.yaml")
+            .plugin_config("PLUGIN_CONFIG", &json!({"jwtRules": [plugin]}))
+            .var(
+                "NATIVE_CONFIG",
+                &native_config(std::slice::from_ref(native)).to_string(),
+            )
+            .upstream("UPSTREAM_PORT", &upstream)
+            .upstream("JWKS_PORT", &jwks)
+            .try_start();
+        match err {
+            Ok(e) => panic!(
+                "Envoy started with a P-256 certificate in an inline map:\n{}",
+                e.log()
+            ),
+            Err(log) => assert!(log.contains(expect), "{expect}\n{log}"),
+        }
     }
 }

@@ -119,6 +119,80 @@ fn parse_rsa(jwk: &Map<String, Value>, alg: &str) -> Result<KeyMaterial, Status>
         .map_err(|_| Status::JwksRsaParseError)
 }
 
+/// The RSA key of one PEM certificate (`PEM_read_bio_X509`, then
+/// `X509_get_pubkey` and `EVP_PKEY_get1_RSA`). The body is decoded leniently
+/// about line breaks, as OpenSSL's PEM reader is.
+fn x509_rsa_key(pem: &str) -> Result<KeyMaterial, Status> {
+    use base64ct::{Base64, Encoding};
+
+    let body = pem
+        .trim_end()
+        .strip_prefix("-----BEGIN CERTIFICATE-----")
+        .and_then(|b| b.strip_suffix("-----END CERTIFICATE-----"))
+        .ok_or(Status::JwksX509ParseError)?;
+    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = Base64::decode_vec(&b64).map_err(|_| Status::JwksX509ParseError)?;
+    let spki = certificate_spki(&der).ok_or(Status::JwksX509ParseError)?;
+    let no_rsa = Status::JwksX509GetPubkeyError;
+    if spki.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+        return Err(no_rsa);
+    }
+    let bits = spki.subject_public_key.as_bytes().ok_or(no_rsa)?;
+    let pk = <rsa::pkcs1::RsaPublicKey as der::Decode>::from_der(bits).map_err(|_| no_rsa)?;
+    let n = BigUint::from_bytes_be(pk.modulus.as_bytes());
+    let e = BigUint::from_bytes_be(pk.public_exponent.as_bytes());
+    let fast = if e == BigUint::from(3u32) {
+        FastRsa::new(&n, 3)
+    } else if e == BigUint::from(65537u32) {
+        FastRsa::new(&n, 65537)
+    } else {
+        None
+    };
+    // BoringSSL's limit, as for a JWK.
+    RsaPublicKey::new_with_max_size(n, e, 16384)
+        .map(|k| KeyMaterial::Rsa(k, fast))
+        .map_err(|_| no_rsa)
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate (RFC 5280 §4.1):
+/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }`,
+/// `TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature,
+/// issuer, validity, subject, subjectPublicKeyInfo, ... }`. The fields before
+/// the key are checked for their types only; nothing is validated (jwt_verify_lib
+/// does not validate the certificate either). Walked with `der` rather than
+/// decoded whole with `x509-cert`: +20 KB of jwt_authn.wasm instead of +55 KB.
+fn certificate_spki(bytes: &[u8]) -> Option<spki::SubjectPublicKeyInfoRef<'_>> {
+    use der::asn1::AnyRef;
+    use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
+
+    fn any<'a>(r: &mut SliceReader<'a>, tag: Tag) -> Option<AnyRef<'a>> {
+        r.decode::<AnyRef<'a>>().ok().filter(|a| a.tag() == tag)
+    }
+    let cert = AnyRef::from_der(bytes)
+        .ok()
+        .filter(|a| a.tag() == Tag::Sequence)?;
+    let mut parts = SliceReader::new(cert.value()).ok()?;
+    let tbs = any(&mut parts, Tag::Sequence)?;
+    any(&mut parts, Tag::Sequence)?; // signatureAlgorithm
+    any(&mut parts, Tag::BitString)?; // signature
+    if !parts.is_finished() {
+        return None;
+    }
+    let mut fields = SliceReader::new(tbs.value()).ok()?;
+    let version = Tag::ContextSpecific {
+        constructed: true,
+        number: TagNumber::N0,
+    };
+    if fields.peek_tag().ok()? == version {
+        any(&mut fields, version)?;
+    }
+    any(&mut fields, Tag::Integer)?; // serialNumber
+    for _ in 0..4 {
+        any(&mut fields, Tag::Sequence)?; // signature, issuer, validity, subject
+    }
+    fields.decode::<spki::SubjectPublicKeyInfoRef<'_>>().ok()
+}
+
 fn parse_ec(jwk: &Map<String, Value>, alg: &str) -> Result<KeyMaterial, Status> {
     if !alg.is_empty() && !alg.starts_with("ES") {
         return Err(Status::JwksECKeyBadAlg);
@@ -232,8 +306,9 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Jwk, Status> {
 
 impl Jwks {
     /// `Jwks::createFrom(json, JWKS)`: keys that fail to parse are skipped; the
-    /// set is an error only when no key survives. (The X.509 map form, which
-    /// jwt_verify_lib also accepts, is not supported: `X509 parse pubkey fails`.)
+    /// set is an error only when no key survives. A document without `keys`
+    /// whose every member is a PEM certificate is the X.509 map form
+    /// ([`Jwks::from_x509_map`]).
     pub fn parse(json: &str) -> Result<Jwks, Status> {
         let doc = match serde_json::from_str::<Value>(json) {
             Ok(Value::Object(m)) => m,
@@ -249,11 +324,11 @@ impl Jwks {
                                     && c.ends_with("\n-----END CERTIFICATE-----\n")
                             })
                     });
-                return Err(if x509_like {
-                    Status::JwksX509ParseError
+                return if x509_like {
+                    Jwks::from_x509_map(&doc)
                 } else {
-                    Status::JwksNoKeys
-                });
+                    Err(Status::JwksNoKeys)
+                };
             }
             Some(Value::Array(list)) => list,
             Some(_) => return Err(Status::JwksBadKeys),
@@ -268,6 +343,24 @@ impl Jwks {
         }
         if out.keys.is_empty() {
             return Err(Status::JwksNoValidKeys);
+        }
+        Ok(out)
+    }
+
+    /// jwt_verify_lib's `createFromX509`: `{"<kid>": "<PEM certificate>", ...}`
+    /// (Google's `.../metadata/x509/...` endpoints, Firebase). Each certificate
+    /// gives one RSA key with that kid and no alg; the certificate itself is
+    /// not checked (no chain, no validity), only decoded. One certificate that
+    /// does not decode, or whose key is not RSA, fails the whole set.
+    fn from_x509_map(doc: &Map<String, Value>) -> Result<Jwks, Status> {
+        let mut out = Jwks::default();
+        for (kid, pem) in doc {
+            let key = x509_rsa_key(pem.as_str().unwrap_or_default())?;
+            out.keys.push(Jwk {
+                kid: kid.clone(),
+                alg: String::new(),
+                key,
+            });
         }
         Ok(out)
     }

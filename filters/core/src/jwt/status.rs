@@ -68,6 +68,7 @@ pub enum Status {
     JwksOKPKeyMissingX,
     JwksOKPKeyBadX,
     JwksX509ParseError,
+    JwksX509GetPubkeyError,
 }
 
 impl Status {
@@ -152,6 +153,7 @@ impl Status {
             JwksOKPKeyMissingX => "[x] field is missing for an OKP key",
             JwksOKPKeyBadX => "[x] field is not string for an OKP key",
             JwksX509ParseError => "X509 parse pubkey fails",
+            JwksX509GetPubkeyError => "X509 parse pubkey internal fails: get pubkey",
         }
     }
 

@@ -293,6 +293,131 @@ pub fn jwks_json(keys: &[Key]) -> String {
     json!({"keys": keys.iter().map(|k| jwk(*k)).collect::<Vec<_>>()}).to_string()
 }
 
+/// A DER TLV with a short or long-form length.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A DER INTEGER from unsigned big-endian bytes.
+fn der_uint(be: &[u8]) -> Vec<u8> {
+    let mut v: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
+    if v.first().is_none_or(|b| b & 0x80 != 0) {
+        v.insert(0, 0);
+    }
+    tlv(0x02, &v)
+}
+
+const OID_RSA_ENCRYPTION: &[u8] = &[0x06, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1];
+const OID_SHA256_RSA: &[u8] = &[0x06, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 11];
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 7, 0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
+const OID_P256: &[u8] = &[0x06, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
+const OID_COMMON_NAME: &[u8] = &[0x06, 3, 0x55, 0x04, 0x03];
+
+/// The SubjectPublicKeyInfo of an RSA or P-256 test key (others: P-256's).
+fn spki_der(key: Key) -> Vec<u8> {
+    let (alg, point) = match key {
+        Key::Rsa1 | Key::Rsa2 => {
+            let n = hex(match key {
+                Key::Rsa2 => RSA2_N,
+                _ => RSA1_N,
+            });
+            let rsa_key = tlv(
+                0x30,
+                &[der_uint(&n.to_bytes_be()), der_uint(&[1, 0, 1])].concat(),
+            );
+            ([OID_RSA_ENCRYPTION, &[0x05, 0x00]].concat(), rsa_key)
+        }
+        _ => {
+            let p = p256::ecdsa::SigningKey::from_slice(&P256_D)
+                .map(|k| {
+                    k.verifying_key()
+                        .to_encoded_point(false)
+                        .as_bytes()
+                        .to_vec()
+                })
+                .unwrap_or_default();
+            ([OID_EC_PUBLIC_KEY, OID_P256].concat(), p)
+        }
+    };
+    let bits = [&[0u8][..], &point].concat();
+    tlv(0x30, &[tlv(0x30, &alg), tlv(0x03, &bits)].concat())
+}
+
+/// A v3 certificate for `key` (RSA or P-256), as PEM in the layout Google's
+/// `.../metadata/x509/...` endpoints serve (64 columns, final newline). The
+/// signature is filler: neither jwt_verify_lib nor meshwasm checks it.
+pub fn x509_pem(key: Key) -> String {
+    use base64ct::{Base64, Encoding};
+    let sig_alg = tlv(0x30, &[OID_SHA256_RSA, &[0x05, 0x00]].concat());
+    let cn = tlv(
+        0x30,
+        &[OID_COMMON_NAME, &tlv(0x0c, b"meshwasm test")].concat(),
+    );
+    let name = tlv(0x30, &tlv(0x31, &cn));
+    let validity = tlv(
+        0x30,
+        &[tlv(0x17, b"250101000000Z"), tlv(0x17, b"491231235959Z")].concat(),
+    );
+    let tbs = tlv(
+        0x30,
+        &[
+            tlv(0xa0, &der_uint(&[2])),
+            der_uint(&[0x4d, 0x57]),
+            sig_alg.clone(),
+            name.clone(),
+            validity,
+            name,
+            spki_der(key),
+        ]
+        .concat(),
+    );
+    let signature = tlv(0x03, &[0u8; 257]);
+    let der = tlv(0x30, &[tbs, sig_alg, signature].concat());
+    let b64 = Base64::encode_string(&der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// The PKCS#1 DER of an RSA test key's private half (`Rsa1` for non-RSA keys),
+/// for tools such as `openssl req` that make a real certificate for it.
+pub fn rsa_private_key_der(key: Key) -> Vec<u8> {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    rsa_key(key)
+        .and_then(|k| k.to_pkcs1_der().ok())
+        .map(|d| d.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// A JWKS in the X.509 map form: `{"<kid>": "<PEM certificate>", ...}`.
+pub fn x509_jwks_json(keys: &[Key]) -> String {
+    let map: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| (k.kid().to_string(), Value::String(x509_pem(*k))))
+        .collect();
+    Value::Object(map).to_string()
+}
+
 /// Every key except the stranger `Rsa2`.
 pub const DEFAULT_KEYS: &[Key] = &[
     Key::Rsa1,

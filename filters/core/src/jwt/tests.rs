@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::testing::{jwks_json, sign, token, Key, DEFAULT_KEYS};
+use super::testing::{jwks_json, sign, token, x509_jwks_json, x509_pem, Key, DEFAULT_KEYS};
 use super::*;
 
 const ISS: &str = "https://issuer.example";
@@ -718,6 +718,100 @@ fn jwks_parsing_keeps_valid_keys_only() {
         Jwks::parse(&jwks_json(DEFAULT_KEYS)).map(|j| j.keys.len()),
         Ok(6)
     );
+}
+
+#[test]
+fn x509_map_jwks_gives_one_rsa_key_per_kid() {
+    let a = authn(json!({"jwks": x509_jwks_json(&[Key::Rsa1])}));
+    let signed = |key, header: Value| run(&a, bearer(&sign(key, &header, &claims())));
+    let verification = Some((401, "Jwt verification fails"));
+    let no_key = Some((401, "Jwks doesn't have key to match kid or alg from Jwt"));
+    let cases = [
+        (
+            "RS256 by its kid",
+            signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-1"})),
+            None,
+        ),
+        (
+            "PS384: the key has no alg",
+            signed(Key::Rsa1, json!({"alg": "PS384", "kid": "rsa-1"})),
+            None,
+        ),
+        (
+            "no kid: every key tried",
+            signed(Key::Rsa1, json!({"alg": "RS512"})),
+            None,
+        ),
+        (
+            "another key's signature",
+            signed(Key::Rsa2, json!({"alg": "RS256", "kid": "rsa-1"})),
+            verification,
+        ),
+        (
+            "kid not in the map",
+            signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-2"})),
+            no_key,
+        ),
+        (
+            "ES256 against the RSA key",
+            signed(Key::P256, json!({"alg": "ES256", "kid": "rsa-1"})),
+            verification,
+        ),
+        (
+            "HS256 keyed with the certificate",
+            signed(Key::Hmac, json!({"alg": "HS256", "kid": "rsa-1"})),
+            verification,
+        ),
+    ];
+    for (name, decision, want) in cases {
+        assert_eq!(denied(&decision), want, "{name}");
+    }
+    let two = Jwks::parse(&x509_jwks_json(&[Key::Rsa1, Key::Rsa2])).unwrap();
+    let kids: Vec<&str> = two.keys.iter().map(|k| k.kid.as_str()).collect();
+    assert_eq!(kids, ["rsa-1", "rsa-2"]);
+    assert!(two
+        .keys
+        .iter()
+        .all(|k| k.alg.is_empty() && matches!(k.key, super::jwks::KeyMaterial::Rsa(_, Some(_)))));
+
+    // One certificate that is not RSA, or does not decode, fails the whole set
+    // (jwt_verify_lib's createFromX509 stops at the first failure).
+    let pem = x509_pem(Key::Rsa1);
+    let lines: Vec<&str> = pem.lines().collect();
+    let corrupt = format!(
+        "{}\n{}\n{}\n",
+        lines[0],
+        lines[1].replacen('M', "!", 1),
+        lines[2..].join("\n")
+    );
+    let truncated = format!("{}\n{}\n", lines[0], lines[lines.len() - 1]);
+    let with = |bad: &str| json!({"rsa-1": pem, "bad": bad}).to_string();
+    assert_eq!(
+        Jwks::parse(&x509_jwks_json(&[Key::Rsa1, Key::P256])).map(|j| j.keys.len()),
+        Err(Status::JwksX509GetPubkeyError)
+    );
+    assert_eq!(
+        Jwks::parse(&with(&corrupt)).map(|j| j.keys.len()),
+        Err(Status::JwksX509ParseError)
+    );
+    assert_eq!(
+        Jwks::parse(&with(&truncated)).map(|j| j.keys.len()),
+        Err(Status::JwksX509ParseError)
+    );
+    // Not every member a PEM certificate: not the X.509 form at all.
+    let not_pem = json!({"rsa-1": pem, "x": "-----BEGIN CERTIFICATE-----"}).to_string();
+    assert_eq!(
+        Jwks::parse(&not_pem).map(|j| j.keys.len()),
+        Err(Status::JwksNoKeys)
+    );
+    // Line breaks are not significant inside the body, as for OpenSSL's reader.
+    let one_line = format!(
+        "{}\n{}\n{}\n",
+        lines[0],
+        lines[1..lines.len() - 1].concat(),
+        lines[lines.len() - 1]
+    );
+    assert_eq!(Jwks::parse(&with(&one_line)).map(|j| j.keys.len()), Ok(2));
 }
 
 #[test]
