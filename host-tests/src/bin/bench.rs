@@ -38,7 +38,8 @@
 //! Options: `--seconds N` per case and round (default 3), `--rounds N` (default 5),
 //! `--connections N` (default 16: enough to keep Envoy's one worker busy),
 //! `--only <substring>` (cases whose name contains it), `--filters a,b` (only these
-//! fragments), `--callgrind`, `--out <file>` (default BENCHMARKS.md; `-` for none),
+//! fragments), `--callgrind`, `--out <file>` (default BENCHMARKS.md, none with
+//! `--callgrind`, which give after it; `-` for none),
 //! `--perf <dir>` (record round 1 of each row with `perf record` into
 //! `<dir>/<listener>.data`; `perf report -i <file> --sort dso` splits Envoy's C++
 //! from the JIT'd wasm; Envoy's binary is stripped, so no C++ names).
@@ -159,6 +160,9 @@ fn parse_opts() -> Opts {
             "--filters" => o.filters = val.split(',').map(str::to_string).collect(),
             "--callgrind" => {
                 o.callgrind = true;
+                // BENCHMARKS.md keeps the CPU-time table; a callgrind run
+                // prints its table unless `--out` (after this flag) says where.
+                o.out = "-".into();
                 i += 1;
                 continue;
             }
@@ -544,11 +548,16 @@ fn main() {
             }
             non2xx[i] += bad;
             eprintln!(
-                "  round {} {:<40} {:>9.0} req/s {:>7.1} CPU µs/req",
+                "  round {} {:<40} {:>9.0} req/s {:>7.1} {}/req",
                 round + 1,
                 rows[i].label,
                 rps,
-                cpu_us
+                cpu_us,
+                if o.callgrind {
+                    "k instructions"
+                } else {
+                    "CPU µs"
+                }
             );
         }
     }
@@ -562,7 +571,8 @@ fn main() {
         .collect();
 
     let mut table = String::new();
-    table.push_str("| group | listener | µs/request | added µs | × no-op wasm's added | × native twin's added | non-2xx |\n");
+    let unit = if o.callgrind { "k instructions" } else { "µs" };
+    table.push_str(&format!("| group | listener | {unit}/request | added {unit} | × no-op wasm's added | × native twin's added | non-2xx |\n"));
     table.push_str("|---|---|---:|---:|---:|---:|---:|\n");
     for (i, r) in rows.iter().enumerate() {
         let vs_noop = if i != rows[i].base.0 && noop_added(i) > 0.0 {
@@ -600,8 +610,18 @@ fn main() {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        let doc = format!(
-            "# Benchmarks\n\nWritten by `make bench` (host-tests/src/bin/bench.rs). One Envoy \
+        let doc = if o.callgrind {
+            format!(
+                "# Benchmarks\n\nWritten by `bench --callgrind` (host-tests/src/bin/bench.rs). One \
+                 Envoy (`--concurrency 1`) under valgrind's callgrind, listeners side by side, load \
+                 from `wrk -t1 -c{}`, {} round(s) × {} s per row: thousands of instructions Envoy \
+                 executes per request; *added* = row − `no filter` sent the same request.\n\n\
+                 - Envoy: `{}`\n\n{}",
+                o.connections, o.rounds, o.seconds, envoy_version, table
+            )
+        } else {
+            format!(
+                "# Benchmarks\n\nWritten by `make bench` (host-tests/src/bin/bench.rs). One Envoy \
              (`--concurrency 1`), listeners side by side, load from `wrk -t1 -c{}` on loopback, \
              {} rounds × {} s per row with rotating order; per row the median of Envoy's CPU time \
              per request (all its threads, from /proc schedstat). *Added µs* = row − `no filter` \
@@ -611,15 +631,16 @@ fn main() {
              much less. For a deterministic count, `make bench BENCH_ARGS='--callgrind --filters \
              <filter> --rounds 1'` (instructions per request under valgrind).\n\n\
              - Envoy: `{}`\n- Machine: {} cores\n\n{}",
-            o.connections,
-            o.rounds,
-            o.seconds,
-            envoy_version,
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            table
-        );
+                o.connections,
+                o.rounds,
+                o.seconds,
+                envoy_version,
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(0),
+                table
+            )
+        };
         fs::write(&o.out, doc).unwrap_or_else(|e| panic!("{}: {e}", o.out));
         eprintln!("bench: wrote {}", o.out);
     }
