@@ -16,8 +16,8 @@ use host_tests::twin::{self, Case};
 use host_tests::upstream::{Reply, Upstream};
 use meshwasm_core::jwt::base64url_encode;
 use meshwasm_core::jwt::testing::{
-    hmac_sha256, jwk, jwks_json, rsa_private_key_der, sign, token, x509_jwks_json, x509_pem, Key,
-    DEFAULT_KEYS,
+    hmac_sha256, jwk, jwks_json, rsa_private_key_der, sign, sign_pss_with_salt, token,
+    x509_jwks_json, x509_pem, Key, DEFAULT_KEYS,
 };
 use serde_json::{json, Value};
 
@@ -213,6 +213,14 @@ fn twin_inline_jwks_every_algorithm_and_every_failure() {
     ] {
         cases.push(bearer(&format!("valid {alg}"), &token(alg, &claims())));
     }
+    // PSS salts other than the hash length: refused by both (BoringSSL's
+    // default salt length is the hash's; it does not recover another).
+    for (alg, salt) in [("PS256", 0), ("PS384", 20), ("PS512", 190)] {
+        cases.push(bearer(
+            &format!("{alg} with a {salt}-byte salt"),
+            &sign_pss_with_salt(Key::Rsa1, alg, &claims(), salt),
+        ));
+    }
     let good = token("RS256", &claims());
     let (signing_input, _) = good.rsplit_once('.').unwrap();
     let hdr = |alg: &str, kid: &str| json!({"alg": alg, "kid": kid});
@@ -382,6 +390,14 @@ fn twin_inline_jwks_every_algorithm_and_every_failure() {
         ),
     ]);
     twin::assert_same_by(&envoy, "meshwasm", "native", &cases, jwt_outcome);
+    // Agreeing is not enough for the valid ones: both must let them through
+    // (sent to both, so the counters below stay comparable).
+    for c in cases.iter().filter(|c| c.name.starts_with("valid ")) {
+        for listener in ["meshwasm", "native"] {
+            let status = envoy.send(listener, &c.request).status;
+            assert_eq!(status, 200, "{listener}: {}", c.name);
+        }
+    }
 
     // The meshwasm counters moved as the native filter's did.
     let stats = envoy.stats();

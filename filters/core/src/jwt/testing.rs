@@ -216,6 +216,30 @@ pub fn sign(key: Key, header: &Value, claims: &Value) -> String {
     format!("{input}.{}", encode_url(&sig))
 }
 
+/// A PS256/384/512 token signed by an RSA key with a PSS salt of `salt_len`
+/// bytes (signers differ: the hash length, 0, or as long as the key allows).
+pub fn sign_pss_with_salt(key: Key, alg: &str, claims: &Value, salt_len: usize) -> String {
+    let header = json!({"alg": alg, "typ": "JWT", "kid": key.kid()});
+    let input = format!(
+        "{}.{}",
+        encode_url(header.to_string().as_bytes()),
+        encode_url(claims.to_string().as_bytes())
+    );
+    let h = hash(alg, input.as_bytes());
+    let mut rng = TestRng(salt_len as u64 + 1);
+    let sig = rsa_key(key)
+        .and_then(|k| {
+            match alg {
+                "PS384" => k.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha384>(salt_len), &h),
+                "PS512" => k.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha512>(salt_len), &h),
+                _ => k.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(salt_len), &h),
+            }
+            .ok()
+        })
+        .unwrap_or_default();
+    format!("{input}.{}", encode_url(&sig))
+}
+
 /// A token for `alg`, with the usual key and its kid.
 pub fn token(alg: &str, claims: &Value) -> String {
     let key = Key::for_alg(alg);

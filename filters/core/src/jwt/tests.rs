@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
-use super::testing::{jwks_json, sign, token, x509_jwks_json, x509_pem, Key, DEFAULT_KEYS};
+use super::testing::{
+    jwks_json, sign, sign_pss_with_salt, token, x509_jwks_json, x509_pem, Key, DEFAULT_KEYS,
+};
 use super::*;
 
 const ISS: &str = "https://issuer.example";
@@ -718,6 +720,22 @@ fn jwks_parsing_keeps_valid_keys_only() {
         Jwks::parse(&jwks_json(DEFAULT_KEYS)).map(|j| j.keys.len()),
         Ok(6)
     );
+}
+
+/// jwt_verify_lib leaves BoringSSL's EVP default for PSS in place: the salt
+/// must be as long as the hash (RSA_PSS_SALTLEN_DIGEST), not any length the
+/// encoding holds. The native-twin test shows Envoy refusing the others too.
+#[test]
+fn pss_salt_must_be_the_hash_length() {
+    let a = authn(json!({}));
+    // 2048-bit key: the encoding holds 256 - hash - 2 bytes of salt at most.
+    for (alg, h_len) in [("PS256", 32), ("PS384", 48), ("PS512", 64)] {
+        for salt in [0, 1, 20, h_len, 256 - h_len - 2] {
+            let t = sign_pss_with_salt(Key::Rsa1, alg, &claims(), salt);
+            let want = (salt != h_len).then_some((401, "Jwt verification fails"));
+            assert_eq!(denied(&run(&a, bearer(&t))), want, "{alg} salt {salt}");
+        }
+    }
 }
 
 #[test]
