@@ -7,11 +7,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use meshwasm_core::jwt::{
-    Decision, HeaderOp, Jwks, JwtAuthn, KeyState, RemoteKeys, TokenCache, FILTER_STATE_PAYLOAD,
-    FILTER_STATE_PRINCIPAL, METRIC_REASONS,
+    Decision, HeaderOp, JwtAuthn, KeyEvent, KeyHost, KeyStore, RemoteJwks, TokenCache,
+    FILTER_STATE_PAYLOAD, FILTER_STATE_PRINCIPAL, METRIC_REASONS,
 };
 use meshwasm_glue::{self as glue, Counter};
 use proxy_wasm::hostcalls;
@@ -21,10 +20,6 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 const FILTER: &str = "jwt_authn";
 /// Verified tokens kept per worker.
 const TOKEN_CACHE_SIZE: usize = 256;
-/// A failed fetch is retried by the next request after this long.
-const RETRY_AFTER_FAILURE_NS: u64 = 1_000_000_000;
-/// An unknown `kid` may force an early refetch at most this often.
-const KID_REFETCH_INTERVAL_NS: u64 = 30_000_000_000;
 const TICK_MS: u64 = 1000;
 
 // Envoy enters the VM only for these: verification, JWKS fetch answers and the
@@ -70,151 +65,84 @@ impl Metrics {
     }
 }
 
-/// Keys of one `jwksUri` provider on this worker.
-#[derive(Default)]
-struct RemoteState {
-    jwks: Option<Rc<Jwks>>,
-    /// When the keys were fetched (by any worker), ns since the epoch.
-    fetched_at: u64,
-    /// The last fetch failed at this time and there are no keys.
-    failed_at: Option<u64>,
-    /// A callout of this worker is under way (started at).
-    inflight: Option<(u32, u64)>,
-    last_kid_refetch: u64,
-}
-
-struct Waiter {
-    context_id: u32,
-    deadline: u64,
-}
-
 struct State {
     authn: Rc<JwtAuthn>,
     cache: TokenCache,
-    remote: Vec<RemoteState>,
-    waiters: Vec<Waiter>,
+    keys: KeyStore,
     metrics: Metrics,
-    now: u64,
 }
 
-/// The remote keys of this worker at `now` (borrowed apart from the cache).
-struct Keys<'a> {
-    remote: &'a [RemoteState],
-    now: u64,
-}
-
-impl RemoteKeys for Keys<'_> {
-    fn keys(&self, provider: usize) -> KeyState<'_> {
-        let Some(r) = self.remote.get(provider) else {
-            return KeyState::Failed;
-        };
-        match (&r.jwks, r.failed_at) {
-            // Stale keys are still used while a refresh runs or after it failed.
-            (Some(jwks), _) => KeyState::Ready {
-                jwks,
-                can_refetch: self.now.saturating_sub(r.last_kid_refetch) >= KID_REFETCH_INTERVAL_NS,
-            },
-            (None, Some(at)) if self.now.saturating_sub(at) < RETRY_AFTER_FAILURE_NS => {
-                KeyState::Failed
+impl State {
+    /// Counts and logs what the key store did; new keys empty the token cache
+    /// (tokens verified with keys that may be gone are checked again).
+    fn apply(&mut self, events: Vec<KeyEvent>) {
+        for e in events {
+            if e.keys_changed() {
+                self.cache.clear();
             }
-            _ => KeyState::Pending,
+            match e {
+                KeyEvent::Fetched { .. } => self.metrics.jwks_fetch_success.inc(),
+                KeyEvent::Adopted { .. } => {}
+                KeyEvent::FetchFailed {
+                    provider,
+                    status,
+                    stale_kept,
+                } => {
+                    self.metrics.jwks_fetch_failed.inc();
+                    glue::log_info(&format!(
+                        "{FILTER}: jwks fetch of {} failed (status {status:?}); {} keys kept",
+                        self.authn.remote(provider).map_or("?", |r| r.uri.as_str()),
+                        if stale_kept { "stale" } else { "no" }
+                    ));
+                }
+                KeyEvent::NotStarted { provider, error } => {
+                    self.metrics.jwks_fetch_failed.inc();
+                    let remote = self.authn.remote(provider);
+                    glue::log_error(&format!(
+                        "{FILTER}: jwks fetch of {} through cluster {:?} failed to start: {error}",
+                        remote.map_or("?", |r| r.uri.as_str()),
+                        remote.map_or("?", |r| r.cluster.as_str()),
+                    ));
+                }
+            }
         }
     }
 }
 
 type Shared = Rc<RefCell<Option<State>>>;
 
-fn shared_key(authn: &JwtAuthn, provider: usize) -> String {
-    match authn.remote(provider) {
-        Some(r) => format!("meshwasm.jwt_authn.jwks|{}|{}", r.cluster, r.uri),
-        None => String::new(),
-    }
-}
+/// Envoy's shared data and `dispatch_http_call`, for the key store.
+struct Host;
 
-/// Shared data value: 8 bytes fetch time (ns, LE) then the JWKS JSON.
-fn read_shared(key: &str) -> Option<(u64, Vec<u8>)> {
-    let (value, _) = hostcalls::get_shared_data(key).ok()?;
-    let value = value?;
-    let at: [u8; 8] = value.get(..8)?.try_into().ok()?;
-    Some((u64::from_le_bytes(at), value[8..].to_vec()))
-}
+impl KeyHost for Host {
+    fn shared(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok()?.0
+    }
 
-/// Adopts keys another worker fetched if they are newer than ours.
-fn adopt_shared(st: &mut State, provider: usize) -> bool {
-    let key = shared_key(&st.authn, provider);
-    let Some((at, body)) = read_shared(&key) else {
-        return false;
-    };
-    let Some(r) = st.remote.get_mut(provider) else {
-        return false;
-    };
-    if at <= r.fetched_at {
-        return false;
+    fn set_shared(&mut self, key: &str, value: &[u8]) {
+        let _ = hostcalls::set_shared_data(key, Some(value), None);
     }
-    match std::str::from_utf8(&body)
-        .ok()
-        .and_then(|s| Jwks::parse(s).ok())
-    {
-        Some(jwks) => {
-            r.jwks = Some(Rc::new(jwks));
-            r.fetched_at = at;
-            r.failed_at = None;
-            // Tokens verified with keys that may be gone are checked again.
-            st.cache.clear();
-            true
-        }
-        None => false,
-    }
-}
 
-/// Starts a callout for `provider` unless one of this worker is under way.
-fn start_fetch(st: &mut State, provider: usize) {
-    let Some(remote) = st.authn.remote(provider).cloned() else {
-        return;
-    };
-    let now = st.now;
-    let Some(r) = st.remote.get_mut(provider) else {
-        return;
-    };
-    if let Some((_, started)) = r.inflight {
-        // A callout that never answered (its context went away) is forgotten.
-        if now.saturating_sub(started) < remote.timeout.as_nanos() as u64 + 2_000_000_000 {
-            return;
-        }
-    }
-    let headers = vec![
-        (":method", "GET"),
-        (":path", remote.path.as_str()),
-        (":authority", remote.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], remote.timeout) {
-        Ok(token) => r.inflight = Some((token, now)),
-        Err(e) => {
-            glue::log_error(&format!(
-                "{FILTER}: jwks fetch of {} through cluster {:?} failed to start: {e:?}",
-                remote.uri, remote.cluster
-            ));
-            st.metrics.jwks_fetch_failed.inc();
-            r.failed_at = Some(now);
-        }
+    fn fetch(&mut self, remote: &RemoteJwks) -> Result<u32, String> {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", remote.path.as_str()),
+            (":authority", remote.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        hostcalls::dispatch_http_call(&remote.cluster, headers, None, vec![], remote.timeout)
+            .map_err(|e| format!("{e:?}"))
     }
 }
 
 /// Handles a callout response (in whichever context received it).
 fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size: usize) {
-    let mut resume = Vec::new();
-    {
+    let resume = {
         let mut guard = shared.borrow_mut();
         let Some(st) = guard.as_mut() else { return };
-        st.now = glue::now_nanos();
-        let Some(provider) = st
-            .remote
-            .iter()
-            .position(|r| r.inflight.map(|(t, _)| t) == Some(token))
-        else {
+        if !st.keys.is_ours(token) {
             return;
-        };
+        }
         // A reset callout comes with no headers, and then the SDK's map getters
         // would panic on the host's answer: read nothing.
         let (status, body) = if num_headers == 0 {
@@ -233,47 +161,23 @@ fn on_fetch_response(shared: &Shared, token: u32, num_headers: usize, body_size:
             };
             (status, body)
         };
-        let jwks = (status.as_deref() == Some("200"))
-            .then(|| {
-                std::str::from_utf8(&body)
-                    .ok()
-                    .and_then(|s| Jwks::parse(s).ok())
-            })
-            .flatten();
-        let now = st.now;
-        let key = shared_key(&st.authn, provider);
-        let Some(r) = st.remote.get_mut(provider) else {
-            return;
-        };
-        r.inflight = None;
-        match jwks {
-            Some(jwks) => {
-                st.metrics.jwks_fetch_success.inc();
-                r.jwks = Some(Rc::new(jwks));
-                r.fetched_at = now;
-                r.failed_at = None;
-                st.cache.clear();
-                let mut value = now.to_le_bytes().to_vec();
-                value.extend_from_slice(&body);
-                let _ = hostcalls::set_shared_data(&key, Some(&value), None);
-            }
-            None => {
-                st.metrics.jwks_fetch_failed.inc();
-                glue::log_info(&format!(
-                    "{FILTER}: jwks fetch failed (status {:?}); {} keys kept",
-                    status,
-                    if r.jwks.is_some() { "stale" } else { "no" }
-                ));
-                r.failed_at = Some(now);
-                // Keys that were never fetched: the waiters learn it now.
-                // Stale keys stay in use (stale-on-failure).
-            }
-        }
-        resume.append(&mut st.waiters);
-    }
-    for w in resume {
-        if glue::set_effective_context(w.context_id) {
-            process(shared, w.context_id, true);
+        let mut events = Vec::new();
+        let authn = st.authn.clone();
+        let resume = st.keys.on_response(
+            &authn,
+            token,
+            status.as_deref(),
+            &body,
+            glue::now_nanos(),
+            &mut Host,
+            &mut events,
+        );
+        st.apply(events);
+        resume.unwrap_or_default()
+    };
+    for id in resume {
+        if glue::set_effective_context(id) {
+            process(shared, id, true);
         }
     }
 }
@@ -288,7 +192,7 @@ fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
     let Some(st) = guard.as_mut() else {
         return Action::Continue;
     };
-    st.now = glue::now_nanos();
+    let now = glue::now_nanos();
     let authn = st.authn.clone();
     let mut decision = None;
     // At most a few rounds: keys adopted from shared data, then a fetch.
@@ -296,39 +200,31 @@ fn process(shared: &Shared, context_id: u32, paused: bool) -> Action {
         // A second round (keys were needed first, rare) reads them again.
         let map = map.take().unwrap_or_else(glue::request_header_map);
         let headers = map.pairs();
-        let keys = Keys {
-            remote: &st.remote,
-            now: st.now,
-        };
-        let ev = authn.evaluate(&headers, st.now / 1_000_000_000, &keys, &mut st.cache);
+        let ev = authn.evaluate(
+            &headers,
+            now / 1_000_000_000,
+            &st.keys.at(now),
+            &mut st.cache,
+        );
         st.metrics.cache_hit.add(u64::from(ev.cache_hits));
         st.metrics.cache_miss.add(u64::from(ev.cache_misses));
         match ev.decision {
             Decision::FetchJwks { provider, refetch } => {
-                if !refetch && adopt_shared(st, provider) {
-                    continue;
-                }
-                if refetch {
-                    if let Some(r) = st.remote.get_mut(provider) {
-                        r.last_kid_refetch = st.now;
-                    }
-                }
-                start_fetch(st, provider);
-                if st
-                    .remote
-                    .get(provider)
-                    .is_some_and(|r| r.inflight.is_some())
-                {
-                    let timeout = authn
-                        .remote(provider)
-                        .map_or(Duration::from_secs(5), |r| r.timeout);
-                    st.waiters.push(Waiter {
-                        context_id,
-                        deadline: st.now + timeout.as_nanos() as u64 + 1_000_000_000,
-                    });
+                let mut events = Vec::new();
+                let wait = st.keys.need(
+                    &authn,
+                    provider,
+                    refetch,
+                    context_id,
+                    now,
+                    &mut Host,
+                    &mut events,
+                );
+                st.apply(events);
+                if wait {
                     return Action::Pause;
                 }
-                // The fetch could not start: evaluate again (now Failed).
+                // Keys adopted, or the fetch could not start: evaluate again.
             }
             d => {
                 decision = Some(d);
@@ -409,19 +305,14 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let remote = (0..authn.providers.len())
-            .map(|_| RemoteState::default())
-            .collect();
         if authn.has_remote() {
             glue::set_tick_period_ms(TICK_MS);
         }
         *self.shared.borrow_mut() = Some(State {
+            keys: KeyStore::new(&authn),
             authn: Rc::new(authn),
             cache: TokenCache::new(TOKEN_CACHE_SIZE),
-            remote,
-            waiters: Vec::new(),
             metrics: Metrics::define(),
-            now: glue::now_nanos(),
         });
         true
     }
@@ -430,47 +321,17 @@ impl RootContext for Root {
     /// serving meanwhile), adoption of keys other workers fetched, and the
     /// deadline of requests waiting for keys.
     fn on_tick(&mut self) {
-        let mut expired = Vec::new();
-        {
+        let expired = {
             let mut guard = self.shared.borrow_mut();
             let Some(st) = guard.as_mut() else { return };
-            st.now = glue::now_nanos();
-            for p in 0..st.remote.len() {
-                let Some(remote) = st.authn.remote(p).cloned() else {
-                    continue;
-                };
-                let r = &st.remote[p];
-                let stale = r.jwks.is_some()
-                    && st.now.saturating_sub(r.fetched_at)
-                        >= remote.cache_duration.as_nanos() as u64;
-                if stale && !adopt_shared(st, p) {
-                    let retry_ok = st.remote[p]
-                        .failed_at
-                        .is_none_or(|at| st.now.saturating_sub(at) >= RETRY_AFTER_FAILURE_NS);
-                    if retry_ok {
-                        start_fetch(st, p);
-                    }
-                }
-            }
-            let now = st.now;
-            st.waiters.retain(|w| {
-                if w.deadline <= now {
-                    expired.push(w.context_id);
-                    false
-                } else {
-                    true
-                }
-            });
-            if !expired.is_empty() {
-                // Their fetch never answered: count it as failed.
-                for r in st.remote.iter_mut() {
-                    if r.inflight.is_some() && r.jwks.is_none() {
-                        r.inflight = None;
-                        r.failed_at = Some(now);
-                    }
-                }
-            }
-        }
+            let mut events = Vec::new();
+            let authn = st.authn.clone();
+            let expired = st
+                .keys
+                .on_tick(&authn, glue::now_nanos(), &mut Host, &mut events);
+            st.apply(events);
+            expired
+        };
         for id in expired {
             if glue::set_effective_context(id) {
                 process(&self.shared, id, true);

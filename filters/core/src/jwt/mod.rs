@@ -10,6 +10,7 @@ mod cache;
 mod config;
 mod jwks;
 mod payload;
+mod remote;
 mod request;
 mod rsa_fast;
 mod status;
@@ -33,6 +34,7 @@ pub use payload::{
     payload_from_msgpack, payload_to_msgpack, request_principal, VerifiedPayload,
     FILTER_STATE_PAYLOAD, FILTER_STATE_PRINCIPAL,
 };
+pub use remote::{shared_key, KeyEvent, KeyHost, KeyStore, KeysAt};
 pub use request::{HeaderOp, Request};
 pub use status::{Status, METRIC_REASONS};
 pub use token::Jwt;
