@@ -261,17 +261,7 @@ pub fn jwk(key: Key) -> Value {
             json!({"kty": "RSA", "kid": key.kid(), "e": "AQAB",
                    "n": encode_url(&hex(n).to_bytes_be())})
         }
-        Key::P256 => {
-            let pk = p256::ecdsa::SigningKey::from_slice(&P256_D)
-                .map(|k| {
-                    k.verifying_key()
-                        .to_encoded_point(false)
-                        .as_bytes()
-                        .to_vec()
-                })
-                .unwrap_or_default();
-            ec_jwk(key, "P-256", &pk, 32)
-        }
+        Key::P256 => ec_jwk(key, "P-256", &p256_point(), 32),
         Key::P384 => {
             let pk = p384::ecdsa::SigningKey::from_slice(&P384_D)
                 .map(|k| {
@@ -301,6 +291,18 @@ pub fn jwk(key: Key) -> Value {
         }
         Key::Hmac => json!({"kty": "oct", "kid": key.kid(), "k": encode_url(HMAC_SECRET)}),
     }
+}
+
+/// The P-256 test key's public point, uncompressed SEC1.
+fn p256_point() -> Vec<u8> {
+    p256::ecdsa::SigningKey::from_slice(&P256_D)
+        .map(|k| {
+            k.verifying_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec()
+        })
+        .unwrap_or_default()
 }
 
 fn ec_jwk(key: Key, crv: &str, sec1: &[u8], len: usize) -> Value {
@@ -365,17 +367,7 @@ fn spki_der(key: Key) -> Vec<u8> {
             );
             ([OID_RSA_ENCRYPTION, &[0x05, 0x00]].concat(), rsa_key)
         }
-        _ => {
-            let p = p256::ecdsa::SigningKey::from_slice(&P256_D)
-                .map(|k| {
-                    k.verifying_key()
-                        .to_encoded_point(false)
-                        .as_bytes()
-                        .to_vec()
-                })
-                .unwrap_or_default();
-            ([OID_EC_PUBLIC_KEY, OID_P256].concat(), p)
-        }
+        _ => ([OID_EC_PUBLIC_KEY, OID_P256].concat(), p256_point()),
     };
     let bits = [&[0u8][..], &point].concat();
     tlv(0x30, &[tlv(0x30, &alg), tlv(0x03, &bits)].concat())
