@@ -822,6 +822,24 @@ fn x509_map_jwks_gives_one_rsa_key_per_kid() {
         Jwks::parse(&not_pem).map(|j| j.keys.len()),
         Err(Status::JwksNoKeys)
     );
+    // Any truncation or flipped byte of the certificate is an error or a key,
+    // never a panic (the parser runs on fetched, untrusted bytes).
+    use base64ct::{Base64, Encoding};
+    let body: String = lines[1..lines.len() - 1].concat();
+    let der = Base64::decode_vec(&body).unwrap();
+    let as_map = |d: &[u8]| {
+        let b64 = Base64::encode_string(d);
+        json!({"k": format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")})
+            .to_string()
+    };
+    for cut in 0..der.len() {
+        assert!(Jwks::parse(&as_map(&der[..cut])).is_err(), "cut at {cut}");
+    }
+    for i in 0..der.len() {
+        let mut d = der.clone();
+        d[i] ^= 0x5a;
+        let _ = Jwks::parse(&as_map(&d));
+    }
     // Line breaks are not significant inside the body, as for OpenSSL's reader.
     let one_line = format!(
         "{}\n{}\n{}\n",
