@@ -8,6 +8,7 @@
 //! - [`http`]: a raw HTTP/1.1 client (exact path bytes, any header).
 //! - [`twin`]: the same request cases against the meshwasm listener and the native
 //!   twin's listener of one Envoy, with every differing outcome reported.
+//! - [`openssl`]: the `openssl` command, for real certificates.
 //! - [`emulator`]: a proxy-wasm host on wasmtime for what Envoy can't make
 //!   deterministic (time, randomness, worker races).
 //!
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod emulator;
 pub mod envoy;
 pub mod http;
+pub mod openssl;
 pub mod paths;
 pub mod twin;
 pub mod upstream;

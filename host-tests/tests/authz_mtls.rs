@@ -13,18 +13,7 @@ use host_tests::envoy::Envoy;
 use host_tests::upstream::Upstream;
 use serde_json::json;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use host_tests::openssl::run as openssl;
 
 /// A CA, a server certificate and one client certificate per SPIFFE id.
 fn make_certs(dir: &Path, clients: &[(&str, &str)]) {

@@ -605,9 +605,9 @@ fn openssl_certificate(key: Key) -> String {
     let dir = std::env::temp_dir().join(format!("meshwasm-x509-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("key.der"), rsa_private_key_der(key)).unwrap();
-    let out = std::process::Command::new("openssl")
-        .current_dir(&dir)
-        .args([
+    host_tests::openssl::run(
+        &dir,
+        &[
             "req",
             "-x509",
             "-new",
@@ -621,13 +621,7 @@ fn openssl_certificate(key: Key) -> String {
             "2",
             "-out",
             "cert.pem",
-        ])
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
