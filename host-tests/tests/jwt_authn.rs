@@ -637,8 +637,10 @@ fn openssl_certificate(key: Key) -> String {
 fn twin_x509_map_jwks() {
     const EC_ISS: &str = "https://ec.example";
     let upstream = Upstream::echo("backend");
-    let real =
-        json!({"rsa-1": openssl_certificate(Key::Rsa1), "rsa-2": x509_pem(Key::Rsa2)}).to_string();
+    // "chain": two certificates in one value; OpenSSL's reader takes the first.
+    let real = json!({"rsa-1": openssl_certificate(Key::Rsa1), "rsa-2": x509_pem(Key::Rsa2),
+                      "chain": format!("{}{}", x509_pem(Key::Rsa2), x509_pem(Key::Rsa1))})
+    .to_string();
     let jwks = Upstream::start("jwks", move |seen| match seen.path.as_str() {
         "/x509/other" => Reply::new(200)
             .header("content-type", "application/json")
@@ -722,13 +724,29 @@ fn twin_x509_map_jwks() {
             ),
         ),
         bearer(
+            "fetched: a chain's first certificate",
+            &signed(
+                Key::Rsa2,
+                json!({"alg": "RS256", "kid": "chain"}),
+                OTHER_ISS,
+            ),
+        ),
+        bearer(
+            "fetched: a chain's second certificate",
+            &signed(
+                Key::Rsa1,
+                json!({"alg": "RS256", "kid": "chain"}),
+                OTHER_ISS,
+            ),
+        ),
+        bearer(
             "fetched: a map with an EC certificate",
             &signed(Key::Rsa1, json!({"alg": "RS256", "kid": "rsa-1"}), EC_ISS),
         ),
     ];
     twin::assert_same_by(&envoy, "meshwasm", "native", &cases, jwt_outcome);
     // Agreeing is not enough: the certificates must really give keys.
-    let want = [200, 200, 401, 401, 401, 401, 200, 200, 401, 401];
+    let want = [200, 200, 401, 401, 401, 401, 200, 200, 401, 200, 401, 401];
     for (case, want) in cases.iter().zip(want) {
         let got = jwt_outcome(&envoy.send("meshwasm", &case.request));
         assert_eq!(got.status, want, "{}: {got}", case.name);

@@ -119,16 +119,16 @@ fn parse_rsa(jwk: &Map<String, Value>, alg: &str) -> Result<KeyMaterial, Status>
         .map_err(|_| Status::JwksRsaParseError)
 }
 
-/// The RSA key of one PEM certificate (`PEM_read_bio_X509`, then
-/// `X509_get_pubkey` and `EVP_PKEY_get1_RSA`). The body is decoded leniently
-/// about line breaks, as OpenSSL's PEM reader is.
+/// The RSA key of a PEM certificate (`PEM_read_bio_X509`, then
+/// `X509_get_pubkey` and `EVP_PKEY_get1_RSA`): the first certificate of the
+/// value, as that reader takes it, its body decoded leniently about line
+/// breaks, as that reader does.
 fn x509_rsa_key(pem: &str) -> Result<KeyMaterial, Status> {
     use base64ct::{Base64, Encoding};
 
     let body = pem
-        .trim_end()
         .strip_prefix("-----BEGIN CERTIFICATE-----")
-        .and_then(|b| b.strip_suffix("-----END CERTIFICATE-----"))
+        .and_then(|b| b.split("-----END CERTIFICATE-----").next())
         .ok_or(Status::JwksX509ParseError)?;
     let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let der = Base64::decode_vec(&b64).map_err(|_| Status::JwksX509ParseError)?;

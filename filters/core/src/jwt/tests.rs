@@ -840,6 +840,18 @@ fn x509_map_jwks_gives_one_rsa_key_per_kid() {
         d[i] ^= 0x5a;
         let _ = Jwks::parse(&as_map(&d));
     }
+    // A value holding a chain: the first certificate's key, as OpenSSL reads it.
+    let chain = format!("{}{}", x509_pem(Key::Rsa1), x509_pem(Key::Rsa2));
+    let one = Jwks::parse(&json!({"rsa-1": chain}).to_string()).unwrap();
+    let t = sign(
+        Key::Rsa1,
+        &json!({"alg": "RS256", "kid": "rsa-1"}),
+        &claims(),
+    );
+    assert_eq!(
+        one.verify(&super::token::Jwt::parse(&t).unwrap()),
+        Status::Ok
+    );
     // Line breaks are not significant inside the body, as for OpenSSL's reader.
     let one_line = format!(
         "{}\n{}\n{}\n",
