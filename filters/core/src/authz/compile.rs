@@ -166,6 +166,11 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         for e in engines.into_iter().flatten() {
             for pol in &mut e.policies {
                 for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
+                    // An AND stops at its first false condition, and its value
+                    // does not depend on the order: the path (most selective
+                    // in practice) first, then headers, then what costs host
+                    // calls; a condition that always holds last.
+                    and.sort_by_key(cond_cost);
                     for c in and {
                         for l in &mut c.any_of {
                             if let Leaf::Header { name, slot, .. } = l {
@@ -713,6 +718,20 @@ fn path_leaf(v: &str) -> Result<Leaf, String> {
 }
 
 /// trustdomain.Bundle.ReplaceTrustDomainAliases.
+/// Evaluation order of the conditions of one AND (see `compile`): lower first.
+fn cond_cost(c: &Cond) -> u8 {
+    c.any_of
+        .iter()
+        .map(|l| match l {
+            Leaf::Path(_) => 0,
+            Leaf::Header { .. } => 1,
+            Leaf::Any => 3,
+            _ => 2,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 pub(crate) fn migrate_principals(values: &[String], bundle: &[String]) -> Vec<String> {
     let prefix_match = |a: &str, pat: &str| pat.strip_suffix('*').is_some_and(|p| a.starts_with(p));
     let suffix_match = |a: &str, pat: &str| pat.strip_prefix('*').is_some_and(|p| a.ends_with(p));
