@@ -38,8 +38,8 @@
 //! Options: `--seconds N` per case and round (default 3), `--rounds N` (default 5),
 //! `--connections N` (default 16: enough to keep Envoy's one worker busy),
 //! `--only <substring>` (cases whose name contains it), `--filters a,b` (only these
-//! fragments), `--callgrind`, `--out <file>` (default BENCHMARKS.md, none with
-//! `--callgrind`, which give after it; `-` for none),
+//! fragments), `--callgrind`, `--out <file>` (default BENCHMARKS.md; with
+//! `--callgrind`, no file unless `--out` comes after it; `-` for none),
 //! `--perf <dir>` (record round 1 of each row with `perf record` into
 //! `<dir>/<listener>.data`; `perf report -i <file> --sort dso` splits Envoy's C++
 //! from the JIT'd wasm; Envoy's binary is stripped, so no C++ names).
@@ -507,6 +507,8 @@ fn main() {
     for (r, s) in rows.iter().zip(&scripts) {
         run_wrk(envoy.pid(), envoy.port(&r.listener), s, &warm);
     }
+    // What the per-request measure counts.
+    let unit = if o.callgrind { "k instructions" } else { "µs" };
     let mut per_req: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut non2xx = vec![0u64; rows.len()];
     for round in 0..o.rounds as usize {
@@ -548,16 +550,11 @@ fn main() {
             }
             non2xx[i] += bad;
             eprintln!(
-                "  round {} {:<40} {:>9.0} req/s {:>7.1} {}/req",
+                "  round {} {:<40} {:>9.0} req/s {:>7.1} {unit}/req",
                 round + 1,
                 rows[i].label,
                 rps,
                 cpu_us,
-                if o.callgrind {
-                    "k instructions"
-                } else {
-                    "CPU µs"
-                }
             );
         }
     }
@@ -571,7 +568,6 @@ fn main() {
         .collect();
 
     let mut table = String::new();
-    let unit = if o.callgrind { "k instructions" } else { "µs" };
     table.push_str(&format!("| group | listener | {unit}/request | added {unit} | × no-op wasm's added | × native twin's added | non-2xx |\n"));
     table.push_str("|---|---|---:|---:|---:|---:|---:|\n");
     for (i, r) in rows.iter().enumerate() {

@@ -717,7 +717,6 @@ fn path_leaf(v: &str) -> Result<Leaf, String> {
     Ok(Leaf::Path(istio_string(v, "")))
 }
 
-/// trustdomain.Bundle.ReplaceTrustDomainAliases.
 /// Evaluation order of the conditions of one AND (see `compile`): lower first.
 fn cond_cost(c: &Cond) -> u8 {
     c.any_of
@@ -732,6 +731,7 @@ fn cond_cost(c: &Cond) -> u8 {
         .unwrap_or(0)
 }
 
+/// trustdomain.Bundle.ReplaceTrustDomainAliases.
 pub(crate) fn migrate_principals(values: &[String], bundle: &[String]) -> Vec<String> {
     let prefix_match = |a: &str, pat: &str| pat.strip_suffix('*').is_some_and(|p| a.starts_with(p));
     let suffix_match = |a: &str, pat: &str| pat.strip_prefix('*').is_some_and(|p| a.ends_with(p));

@@ -75,7 +75,7 @@ struct Waiter {
 }
 
 /// Remote keys of one worker, per provider index of [`JwtAuthn::providers`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyStore {
     providers: Vec<ProviderKeys>,
     waiters: Vec<Waiter>,

@@ -250,16 +250,21 @@ pub fn token(alg: &str, claims: &Value) -> String {
     )
 }
 
+/// The modulus of an RSA test key (`Rsa1` for non-RSA keys), big-endian.
+fn rsa_modulus(key: Key) -> Vec<u8> {
+    hex(match key {
+        Key::Rsa2 => RSA2_N,
+        _ => RSA1_N,
+    })
+    .to_bytes_be()
+}
+
 /// The public JWK of a key (no `alg`, so RSA keys serve RS* and PS*).
 pub fn jwk(key: Key) -> Value {
     match key {
         Key::Rsa1 | Key::Rsa2 => {
-            let n = match key {
-                Key::Rsa2 => RSA2_N,
-                _ => RSA1_N,
-            };
             json!({"kty": "RSA", "kid": key.kid(), "e": "AQAB",
-                   "n": encode_url(&hex(n).to_bytes_be())})
+                   "n": encode_url(&rsa_modulus(key))})
         }
         Key::P256 => ec_jwk(key, "P-256", &p256_point(), 32),
         Key::P384 => {
@@ -357,13 +362,9 @@ const OID_COMMON_NAME: &[u8] = &[0x06, 3, 0x55, 0x04, 0x03];
 fn spki_der(key: Key) -> Vec<u8> {
     let (alg, point) = match key {
         Key::Rsa1 | Key::Rsa2 => {
-            let n = hex(match key {
-                Key::Rsa2 => RSA2_N,
-                _ => RSA1_N,
-            });
             let rsa_key = tlv(
                 0x30,
-                &[der_uint(&n.to_bytes_be()), der_uint(&[1, 0, 1])].concat(),
+                &[der_uint(&rsa_modulus(key)), der_uint(&[1, 0, 1])].concat(),
             );
             ([OID_RSA_ENCRYPTION, &[0x05, 0x00]].concat(), rsa_key)
         }
