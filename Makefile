@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 FILTERS      := jwt_authn authz local_ratelimit fault canary
+BENCH_MODULES := noop crossings
 WASM_TARGET  := wasm32-wasip1
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
@@ -38,15 +39,16 @@ setup: .venv/envoy-bin .apt-stamp
 	  fi
 	@touch $@
 
-## build: dist/<filter>.wasm for every filter, plus dist/noop.wasm (the benchmark floor).
+## build: dist/<filter>.wasm for every filter, plus the benchmark's modules:
+## dist/noop.wasm (the floor) and dist/crossings.wasm (prices one kind of crossing).
 ## Each filter's unused proxy-wasm callbacks are then pruned from its exports
 ## (`meshwasm prune-callbacks`, see cli/src/prune.rs); the no-op stays as the SDK builds it.
 build:
-	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS) noop,-p $(f))
+	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS) $(BENCH_MODULES),-p $(f))
 	cargo build -p meshwasm-cli
 	@mkdir -p $(DIST)
-	@for f in $(FILTERS) noop; do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$f.wasm $(DIST)/$$f.wasm; done
-	$(CARGO_TARGET_DIR)/debug/meshwasm prune-callbacks $(foreach f,$(FILTERS),$(DIST)/$(f).wasm)
+	@for f in $(FILTERS) $(BENCH_MODULES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$f.wasm $(DIST)/$$f.wasm; done
+	$(CARGO_TARGET_DIR)/debug/meshwasm prune-callbacks $(foreach f,$(FILTERS) crossings,$(DIST)/$(f).wasm)
 	@ls -l $(DIST)/*.wasm
 
 fmt:
@@ -57,7 +59,7 @@ lint:
 	cargo clippy --workspace --lib --bins -- -D warnings
 	# Test code may unwrap/expect/panic: a failure there is a test failure.
 	cargo clippy --workspace --tests -- -D warnings -A clippy::unwrap_used -A clippy::expect_used -A clippy::panic
-	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS) noop,-p $(f)) -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS) $(BENCH_MODULES),-p $(f)) -- -D warnings
 
 compose-check:
 	docker-compose -f docker-compose.yml config --quiet

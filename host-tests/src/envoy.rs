@@ -143,7 +143,6 @@ impl EnvoyBuilder {
             log_path,
             admin_port,
             ports,
-            keep: false,
         };
         envoy.wait_ready(self.ready_timeout)?;
         Ok(envoy)
@@ -204,7 +203,6 @@ pub struct Envoy {
     log_path: PathBuf,
     admin_port: u16,
     ports: BTreeMap<String, u16>,
-    keep: bool,
 }
 
 impl Envoy {
@@ -237,7 +235,8 @@ impl Envoy {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.keep = true;
+                // The log goes with the error (tests of refused configs expect
+                // this), so the working directory is not kept for it.
                 return Err(format!(
                     "Envoy exited ({status}) before becoming ready; log:\n{}",
                     self.log()
@@ -340,7 +339,7 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() || self.keep {
+        if std::thread::panicking() {
             eprintln!(
                 "----- Envoy log ({}) -----\n{}\n----- end of Envoy log -----",
                 self.log_path.display(),

@@ -120,3 +120,50 @@ fn twin_helper_agrees_on_trivial_pair_and_reports_differences() {
     });
     assert_eq!(diffs.len(), 2, "every differing case is reported");
 }
+
+/// The benchmark's `crossings` module (filters/crossings, listeners in
+/// envoy-configs/bench/crossings.yaml) really makes its crossings in Envoy: every
+/// listener passes the request, the `replace_header` one forwards the header it
+/// sets, and the `metric` one adds `repeat` to its counter per request. (How many
+/// crossings each makes is counted by the emulator in hostcall_budget.rs.)
+#[test]
+fn crossings_module_makes_its_crossings_in_envoy() {
+    let dir = host_tests::paths::config_dir().join("bench");
+    let fragment = std::fs::read_to_string(dir.join("crossings.yaml")).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("crossings.json")).unwrap())
+            .unwrap();
+    let repeat = cases["per_crossing"]["repeat"].as_u64().unwrap();
+    let yaml = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }} }}\n\
+         static_resources:\n  listeners:\n{fragment}  clusters:\n  - {}\n",
+        json!({"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                   {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "{{UPSTREAM_PORT}}"}}}}]}]}})
+    );
+    let up = Upstream::echo("echo");
+    let envoy = Envoy::from_yaml(&yaml)
+        .upstream("UPSTREAM_PORT", &up)
+        .start();
+    let listeners: Vec<&str> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["listener"].as_str().unwrap())
+        .collect();
+    assert!(listeners.len() >= 10, "{listeners:?}");
+    for l in &listeners {
+        for _ in 0..2 {
+            let r = envoy.send(l, &Request::get("/bench"));
+            assert_eq!(r.status, 200, "{l}: {}", r.text());
+            let forwarded = r.upstream_header("x-crossings");
+            let expect = (*l == "crossings_replace_header").then(|| "1".to_string());
+            assert_eq!(forwarded, expect, "{l}");
+        }
+    }
+    assert_eq!(
+        envoy.stat("wasmcustom.meshwasm.crossings.bench"),
+        2 * repeat,
+        "the metric listener adds {repeat} per request, the others nothing"
+    );
+}

@@ -101,6 +101,19 @@ fn default_path() -> String {
 #[serde(deny_unknown_fields)]
 struct Fragment {
     cases: Vec<CaseSpec>,
+    /// A fragment whose cases each make one kind of crossing `repeat` times
+    /// (`crossings.json`): they share the plain request's baseline rows, and
+    /// a second table prices one crossing as (case − `floor` case) / `repeat`.
+    #[serde(default)]
+    per_crossing: Option<PerCrossing>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct PerCrossing {
+    /// The case that makes no crossing of its own.
+    floor: String,
+    repeat: u32,
 }
 
 /// One measured row: a listener driven with one request shape.
@@ -329,6 +342,35 @@ fn callgrind_run(
     (ir as f64 / requests / 1e3, rps, bad)
 }
 
+/// One crossing's price per kind: (row − the floor row) / repeat; and a VM
+/// entry's: the SDK's no-op enters the VM 7 times for the bench GET (context
+/// create, request headers, response headers, response body, log, done,
+/// delete), the pruned floor 3 times (context create, request headers, delete).
+fn crossing_table(group: &str, pc: &PerCrossing, rows: &[Row], us: &[f64], unit: &str) -> String {
+    let Some(floor) = rows
+        .iter()
+        .position(|r| r.group == group && r.label == pc.floor)
+    else {
+        return String::new();
+    };
+    let repeat = f64::from(pc.repeat.max(1));
+    let mut t = format!(
+        "\n| {group}: one crossing | {unit} |\n|---|---:|\n| VM entry: (no-op wasm − `{}`) / 4 | {:.2} |\n",
+        pc.floor,
+        (us[1] - us[floor]) / 4.0
+    );
+    for (i, r) in rows.iter().enumerate() {
+        if r.group == group && i != floor {
+            t.push_str(&format!(
+                "| {} | {:.2} |\n",
+                r.label,
+                (us[i] - us[floor]) / repeat
+            ));
+        }
+    }
+    t
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -375,6 +417,7 @@ fn main() {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     names.sort();
+    let mut per_crossing: Vec<(String, PerCrossing)> = Vec::new();
     for path in names
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -397,6 +440,9 @@ fn main() {
             clusters.push_str(&c);
             clusters.push('\n');
         }
+        if let Some(pc) = &frag.per_crossing {
+            per_crossing.push((group.clone(), pc.clone()));
+        }
         for c in frag.cases {
             if o.only
                 .as_ref()
@@ -405,6 +451,18 @@ fn main() {
                 continue;
             }
             let twin_label = c.twin.as_ref().map(|_| format!("{} (native twin)", c.name));
+            if frag.per_crossing.is_some() {
+                // The plain request: the baseline rows are the shared ones.
+                rows.push(Row {
+                    label: c.name.clone(),
+                    group: group.clone(),
+                    listener: c.listener.clone(),
+                    spec: c,
+                    twin_label,
+                    base: (0, 1),
+                });
+                continue;
+            }
             // This case's request through no filter and through the no-op.
             let b = (rows.len(), rows.len() + 1);
             for (what, listener) in [("no filter", "none"), ("no-op wasm", "noop")] {
@@ -598,6 +656,9 @@ fn main() {
             vs_twin,
             non2xx[i]
         ));
+    }
+    for (group, pc) in &per_crossing {
+        table.push_str(&crossing_table(group, pc, &rows, &us, unit));
     }
     println!("{table}");
     if o.out != "-" {

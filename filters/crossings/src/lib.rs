@@ -1,0 +1,173 @@
+//! `crossings`: a benchmark-only module that makes one kind of Envoy↔VM crossing
+//! a configured number of times per request, so `make bench` can price each
+//! kind in Envoy's own wasm host (BENCHMARKS.md, "What a crossing costs").
+//!
+//! Plugin configuration: `<op> <repeat>`, e.g. `header_map 10`. In
+//! `on_http_request_headers` the op runs `repeat` times; everything else is
+//! the same for every op, so (row − the `none` row) / repeat is one crossing's
+//! price. Its callbacks are pruned like a filter's (context create, request
+//! headers, delete), so the `none` row is the floor a meshwasm filter starts
+//! from; (the SDK's no-op − `none`) / 4 prices a VM entry.
+//!
+//! Returned buffers are freed without being parsed: the row measures the
+//! crossing, not what a filter does with the data.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+
+meshwasm_glue::callbacks!("request_headers delete");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(CrossingsRoot { op: Op::None, repeat: 0, metric: None })
+    });
+}}
+
+/// The shared-data key `shared_get` reads (written in `on_configure`).
+const SHARED_KEY: &str = "meshwasm.crossings.bench";
+
+/// One kind of crossing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    None,
+    /// `proxy_get_header_map_pairs` on the request headers (host allocates the copy).
+    HeaderMap,
+    /// `proxy_get_header_map_value(":path")`: a present header (host allocates).
+    Header,
+    /// `proxy_get_header_map_value` of an absent header: NotFound, nothing allocated.
+    HeaderAbsent,
+    /// `proxy_replace_header_map_value("x-crossings", "1")`.
+    ReplaceHeader,
+    /// `proxy_remove_header_map_value` of an absent header.
+    RemoveHeader,
+    /// `proxy_set_property`: a filter state value (as `meshwasm.authz_result`).
+    FilterState,
+    /// `proxy_get_property(["source", "address"])` (host allocates).
+    Property,
+    /// `proxy_increment_metric` on a counter.
+    Metric,
+    /// `proxy_get_current_time_nanoseconds`.
+    Time,
+    /// `proxy_get_shared_data` of a present 64-byte value (host allocates).
+    SharedGet,
+    /// `proxy_set_shared_data` (no CAS).
+    SharedSet,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "none" => Op::None,
+            "header_map" => Op::HeaderMap,
+            "header" => Op::Header,
+            "header_absent" => Op::HeaderAbsent,
+            "replace_header" => Op::ReplaceHeader,
+            "remove_header" => Op::RemoveHeader,
+            "filter_state" => Op::FilterState,
+            "property" => Op::Property,
+            "metric" => Op::Metric,
+            "time" => Op::Time,
+            "shared_get" => Op::SharedGet,
+            "shared_set" => Op::SharedSet,
+            _ => return None,
+        })
+    }
+}
+
+struct CrossingsRoot {
+    op: Op,
+    repeat: u32,
+    metric: Option<u32>,
+}
+
+impl Context for CrossingsRoot {}
+
+impl RootContext for CrossingsRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let cfg = meshwasm_glue::plugin_config().unwrap_or_default();
+        let text = String::from_utf8_lossy(&cfg);
+        let mut words = text.split_whitespace();
+        let (Some(op), Some(repeat)) = (
+            words.next().and_then(Op::parse),
+            words.next().and_then(|n| n.parse().ok()),
+        ) else {
+            meshwasm_glue::log_error(&format!(
+                "crossings: configuration {text:?} is not `<op> <repeat>`"
+            ));
+            return false;
+        };
+        self.op = op;
+        self.repeat = repeat;
+        self.metric =
+            hostcalls::define_metric(MetricType::Counter, "meshwasm.crossings.bench").ok();
+        if op == Op::SharedGet {
+            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[7u8; 64]), None);
+        }
+        true
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(CrossingsHttp {
+            op: self.op,
+            repeat: self.repeat,
+            metric: self.metric,
+        }))
+    }
+}
+
+struct CrossingsHttp {
+    op: Op,
+    repeat: u32,
+    metric: Option<u32>,
+}
+
+impl Context for CrossingsHttp {}
+
+impl HttpContext for CrossingsHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for _ in 0..self.repeat {
+            self.cross();
+        }
+        Action::Continue
+    }
+}
+
+impl CrossingsHttp {
+    fn cross(&self) {
+        let req = MapType::HttpRequestHeaders;
+        match self.op {
+            Op::None => {}
+            // The raw buffer, freed unparsed (`request_header_map` does no more).
+            Op::HeaderMap => drop(meshwasm_glue::request_header_map()),
+            Op::Header => drop(hostcalls::get_map_value_bytes(req, ":path")),
+            Op::HeaderAbsent => drop(hostcalls::get_map_value_bytes(req, "x-absent")),
+            Op::ReplaceHeader => drop(hostcalls::set_map_value_bytes(
+                req,
+                "x-crossings",
+                Some(b"1"),
+            )),
+            Op::RemoveHeader => drop(hostcalls::remove_map_value(req, "x-absent")),
+            Op::FilterState => {
+                meshwasm_glue::set_filter_state("meshwasm.crossings", b"allowed");
+            }
+            Op::Property => drop(hostcalls::get_property(vec!["source", "address"])),
+            Op::Metric => {
+                if let Some(id) = self.metric {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+            }
+            Op::Time => drop(hostcalls::get_current_time()),
+            Op::SharedGet => drop(hostcalls::get_shared_data(SHARED_KEY)),
+            Op::SharedSet => drop(hostcalls::set_shared_data(
+                "meshwasm.crossings.set",
+                Some(&[7u8; 64]),
+                None,
+            )),
+        }
+    }
+}
