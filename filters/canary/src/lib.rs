@@ -28,7 +28,6 @@ proxy_wasm::main! {{
 /// Counters, defined once per VM in `on_configure`.
 #[derive(Default, Clone)]
 struct Metrics {
-    requests: glue::Counter,
     no_match: glue::Counter,
     other_host: glue::Counter,
     sticky: glue::Counter,
@@ -65,7 +64,6 @@ impl RootContext for Root {
             }
         };
         let metrics = Metrics {
-            requests: glue::Counter::define(FILTER, "requests"),
             no_match: glue::Counter::define(FILTER, "no_match"),
             other_host: glue::Counter::define(FILTER, "other_host"),
             sticky: glue::Counter::define(FILTER, "sticky"),
@@ -141,8 +139,9 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let canary = &shared.canary;
+        // Each request is counted once, by its outcome (a subset, no_match or
+        // other_host): a separate total would cost another host call per request.
         let m = &shared.metrics;
-        m.requests.inc();
 
         // A client never chooses its own subset or cluster: drop its copies (from
         // Envoy and from the view the decision sees).
