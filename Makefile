@@ -82,7 +82,7 @@ bench: setup build
 
 ## bench-callgrind: instructions per request under valgrind, one Envoy per filter
 ## (deterministic to ~2 %, where CPU time on shared VMs moves ~20 %); ~10 minutes.
-BENCH_FILTERS := authz canary fault jwt_authn local_ratelimit
+BENCH_FILTERS := crossings authz canary fault jwt_authn local_ratelimit
 bench-callgrind: setup build
 	@for f in $(BENCH_FILTERS); do \
 	  echo "### $$f"; echo; \

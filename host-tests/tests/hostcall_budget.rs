@@ -5,9 +5,10 @@
 //! host's allocations in the VM for returned data, and Envoy's entries into the
 //! VM) and wasm operators (wasmtime fuel) must stay within the `hostcall_budget`
 //! and `wasm_operator_budget` the case declares in
-//! `envoy-configs/bench/<filter>.json`. Measured in Envoy 1.40 (callgrind): a VM
-//! entry costs about 2 500 instructions, a host call returning data about 10 000,
-//! one returning none 1 000–3 000; a wasm operator about one instruction.
+//! `envoy-configs/bench/<filter>.json`. Measured in Envoy 1.40 (callgrind, the
+//! `crossings` bench): a VM entry costs about 2 000 instructions, a host call
+//! returning data about 11 000, one returning none 1 000–4 000; a wasm operator
+//! about one instruction.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;

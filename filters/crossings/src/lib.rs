@@ -49,6 +49,8 @@ enum Op {
     Metric,
     /// `proxy_get_current_time_nanoseconds`.
     Time,
+    /// WASI `clock_time_get` (what `std::time::SystemTime::now` calls).
+    WasiClock,
     /// `proxy_get_shared_data` of a present 64-byte value (host allocates).
     SharedGet,
     /// `proxy_set_shared_data` (no CAS).
@@ -68,6 +70,7 @@ impl Op {
             "property" => Op::Property,
             "metric" => Op::Metric,
             "time" => Op::Time,
+            "wasi_clock" => Op::WasiClock,
             "shared_get" => Op::SharedGet,
             "shared_set" => Op::SharedSet,
             _ => return None,
@@ -162,6 +165,7 @@ impl CrossingsHttp {
                 }
             }
             Op::Time => drop(hostcalls::get_current_time()),
+            Op::WasiClock => drop(std::hint::black_box(std::time::SystemTime::now())),
             Op::SharedGet => drop(hostcalls::get_shared_data(SHARED_KEY)),
             Op::SharedSet => drop(hostcalls::set_shared_data(
                 "meshwasm.crossings.set",

@@ -33,7 +33,10 @@
 //!   `<prefix><n>`, or `values_file` (relative to envoy-configs/, one value a line,
 //!   each prefixed with `prefix`). `hostcall_budget` (crossings between Envoy and
 //!   the VM per request) and `wasm_operator_budget` are checked by the emulator
-//!   test `hostcall_budget.rs`, not used here.
+//!   test `hostcall_budget.rs`, not used here. A fragment with
+//!   `"per_crossing": {"floor": "<case>", "repeat": N}` (crossings.json) shares
+//!   the plain request's baseline rows and adds a table pricing one crossing per
+//!   case: (row − floor row) / N.
 //!
 //! Options: `--seconds N` per case and round (default 3), `--rounds N` (default 5),
 //! `--connections N` (default 16: enough to keep Envoy's one worker busy),
