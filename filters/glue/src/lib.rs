@@ -5,6 +5,8 @@
 //! context, a header read after `Continue`, ...), which traps the VM. Everything
 //! here goes through `hostcalls::*` and turns odd host answers into `None`/no-ops.
 
+use std::ops::Range;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
@@ -92,6 +94,19 @@ impl HeaderMapBytes {
     /// name and value followed by a NUL. A malformed buffer yields the pairs read
     /// so far; a name that is not UTF-8 (Envoy never sends one) is skipped.
     pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        self.ranges()
+            .into_iter()
+            .filter_map(|(n, v)| {
+                let name = std::str::from_utf8(self.0.get(n)?).ok()?;
+                Some((name, self.0.get(v)?))
+            })
+            .collect()
+    }
+
+    /// Where each pair's name and value are in [`HeaderMapBytes::bytes`], in the
+    /// host's order (see [`HeaderMapBytes::pairs`] for the format): an index a
+    /// caller can keep beside the buffer and read from lazily.
+    pub fn ranges(&self) -> Vec<(Range<usize>, Range<usize>)> {
         let b = self.0.as_slice();
         let word = |at: usize| -> Option<usize> {
             let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
@@ -109,16 +124,18 @@ impl HeaderMapBytes {
             let name_end = data.saturating_add(nl);
             let value_start = name_end.saturating_add(1);
             let value_end = value_start.saturating_add(vl);
-            let (Some(name), Some(value)) = (b.get(data..name_end), b.get(value_start..value_end))
-            else {
+            if value_end > b.len() {
                 break;
-            };
-            data = value_end.saturating_add(1);
-            if let Ok(name) = std::str::from_utf8(name) {
-                out.push((name, value));
             }
+            out.push((data..name_end, value_start..value_end));
+            data = value_end.saturating_add(1);
         }
         out
+    }
+
+    /// The serialized map.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

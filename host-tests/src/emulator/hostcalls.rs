@@ -103,6 +103,12 @@ fn counting(
             ty,
             move |mut c, args, results| {
                 *c.data_mut().hostcalls.entry(name.clone()).or_default() += 1;
+                // Attributing a filter's wasm operators: the fuel used so far at
+                // each host call (differences are the work between crossings).
+                if std::env::var_os("MESHWASM_EMULATOR_FUEL_TRACE").is_some() {
+                    let used = super::vm::FUEL.saturating_sub(c.get_fuel().unwrap_or(0));
+                    eprintln!("fuel {used} at {name}");
+                }
                 f.call(&mut c, args, results)
             },
         )?;

@@ -93,6 +93,11 @@
 //!   and echoed to stderr (captured by libtest; `MESHWASM_EMU_QUIET=1` silences them).
 //! - **WASI**: `environ_*`/`args_*` (empty), `fd_write` (to logs), `proc_exit` (trap),
 //!   `random_get`, `clock_time_get`, `clock_res_get`, `sched_yield`.
+//! - **Where a filter's wasm operators go**: [`Vm::fuel_used`] counts them;
+//!   `MESHWASM_EMULATOR_FUEL_TRACE=1` prints `fuel <used> at <host call>` at every
+//!   host call, so differences attribute the work between crossings (a
+//!   `glue::log_debug` marker splits a stretch further); for functions,
+//!   `MESHWASM_EMULATOR_PERFMAP=1` and `perf record` with an unstripped build.
 //!
 //! Compiling a module with a debug build of cranelift takes seconds, so compiled
 //! modules are cached per process and on disk in `<target>/emulator-cache/` (keyed by

@@ -95,7 +95,7 @@ impl VmConfig {
 }
 
 /// Fuel a VM starts with (and gets back at `reset_hostcalls`): never runs out.
-const FUEL: u64 = u64::MAX / 4;
+pub(crate) const FUEL: u64 = u64::MAX / 4;
 
 /// A stream (HTTP context) of a [`Vm`]; its value is the context id Envoy gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

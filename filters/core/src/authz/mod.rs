@@ -30,11 +30,18 @@ use matchers::{Cidr, StrMatch};
 /// Everything a policy may look at, fetched lazily by the host glue (each
 /// accessor may cost a hostcall, so only what compiled policies need is asked).
 pub trait RequestAttrs {
-    /// Every value of a request header (lower-case name, pseudo-headers
-    /// included), in order; `None` when absent, `[""]` for an empty value.
-    /// `slot` is the name's index in [`Authz::header_names`] (hosts may use it
-    /// to find the header without comparing names).
-    fn header(&mut self, slot: usize, name: &str) -> Option<&[String]>;
+    /// Whether any value of a request header (lower-case name, pseudo-headers
+    /// included; `""` for an empty value) satisfies `pred`, trying them in
+    /// order and stopping at the first that does; `None` when the header is
+    /// absent. `slot` is the name's index in [`Authz::header_names`] (hosts may
+    /// use it to find the header without comparing names). A predicate rather
+    /// than a slice so a host can hand out values in place, without copying.
+    fn header_any(
+        &mut self,
+        slot: usize,
+        name: &str,
+        pred: &mut dyn FnMut(&str) -> bool,
+    ) -> Option<bool>;
     /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`);
     /// hosts compute it once per request (see [`strip_query`]).
     fn url_path(&mut self) -> Option<&str>;
@@ -222,21 +229,20 @@ impl Leaf {
                 slot,
                 m,
                 ignore_case,
-            } => match (req.header(*slot, name), m) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(values), Some(m)) => {
-                    let one = |v: &str| {
+            } => match m {
+                // Present, whatever its value.
+                None => req.header_any(*slot, name, &mut |_| true).is_some(),
+                // Envoy 1.40 matches a repeated header value by value (a twin
+                // test shows `x: a` + `x: b` does not match exact `a,b`).
+                Some(m) => req
+                    .header_any(*slot, name, &mut |v| {
                         if *ignore_case {
                             m.matches_ignore_case(v)
                         } else {
                             m.matches(v)
                         }
-                    };
-                    // Envoy 1.40 matches a repeated header value by value (a twin
-                    // test shows `x: a` + `x: b` does not match exact `a,b`).
-                    values.iter().any(|v| one(v))
-                }
+                    })
+                    .unwrap_or(false),
             },
             Leaf::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
             Leaf::DestPort(p) => req.destination_port() == Some(*p),

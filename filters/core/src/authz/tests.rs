@@ -23,8 +23,15 @@ struct Req {
 }
 
 impl RequestAttrs for Req {
-    fn header(&mut self, _slot: usize, name: &str) -> Option<&[String]> {
-        self.headers.get(name).map(Vec::as_slice)
+    fn header_any(
+        &mut self,
+        _slot: usize,
+        name: &str,
+        pred: &mut dyn FnMut(&str) -> bool,
+    ) -> Option<bool> {
+        self.headers
+            .get(name)
+            .map(|values| values.iter().any(|v| pred(v)))
     }
     fn url_path(&mut self) -> Option<&str> {
         self.headers
