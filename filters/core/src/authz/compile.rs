@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::config::{
     Action, AuthorizationPolicy, AuthzConfig, Condition, ExtAuthzHttp, Operation, Rule, Source,
 };
-use super::matchers::{istio_string, uri_template, Cidr, StrMatch};
+use super::matchers::{istio_string, uri_template, Cidr, StrMatch, Tok};
 use super::{Authz, Cond, Engine, Leaf, Needs, Policy};
 use crate::config::{parse_duration, ConfigError, FieldPath};
 
@@ -185,6 +185,7 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
                         }
                     }
                 }
+                pol.path_guard = path_guard(&pol.permissions);
             }
         }
     }
@@ -441,6 +442,7 @@ fn compile_policy(
             id: id(0),
             permissions: vec![never.clone()],
             principals: vec![never],
+            path_guard: None,
         }]);
     }
     let mut out = Vec::new();
@@ -454,6 +456,7 @@ fn compile_policy(
             id: id(j),
             permissions,
             principals,
+            path_guard: None,
         });
     }
     Ok(out)
@@ -715,6 +718,40 @@ fn path_leaf(v: &str) -> Result<Leaf, String> {
         return uri_template(&t).map(Leaf::Path);
     }
     Ok(Leaf::Path(istio_string(v, "")))
+}
+
+/// The prefixes a request path must start with for some permission AND-list
+/// to hold (see `Policy::path_guard`): each list must have a condition that
+/// is an OR of path leaves with a literal start (exact, prefix, a template
+/// beginning with a literal); otherwise there is no guard.
+fn path_guard(permissions: &[Vec<Cond>]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for and in permissions {
+        let prefixes = and.iter().find_map(|c| {
+            if c.negate || c.any_of.is_empty() {
+                return None;
+            }
+            c.any_of
+                .iter()
+                .map(|l| match l {
+                    Leaf::Path(StrMatch::Exact(s) | StrMatch::Prefix(s)) => Some(s.clone()),
+                    Leaf::Path(StrMatch::Template(toks)) => match toks.first() {
+                        Some(Tok::Lit(l)) => Some(l.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect::<Option<Vec<String>>>()
+        })?;
+        out.extend(prefixes);
+    }
+    // An empty prefix admits every path: no guard worth checking.
+    if out.iter().any(String::is_empty) {
+        return None;
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
 }
 
 /// Evaluation order of the conditions of one AND (see `compile`): lower first.

@@ -133,6 +133,11 @@ pub(crate) struct Policy {
     /// OR of AND-lists.
     pub permissions: Vec<Vec<Cond>>,
     pub principals: Vec<Vec<Cond>>,
+    /// Literal prefixes one of which the request path must start with for
+    /// the policy to match (each permission AND-list holds a path condition),
+    /// set at compile time; `None` when no such guard exists. Most policies
+    /// name paths, so most of a large set is passed over with a `starts_with`.
+    pub path_guard: Option<Vec<String>>,
 }
 
 /// The policies of one RBAC filter section (`rules` or `shadowRules`).
@@ -151,12 +156,25 @@ impl Engine {
     fn first_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<&str> {
         self.policies
             .iter()
-            .find(|p| p.matches(req).unwrap_or(self.unknown_peer_matches))
+            .find(|p| p.path_may_match(req) && p.matches(req).unwrap_or(self.unknown_peer_matches))
             .map(|p| p.id.as_str())
     }
 }
 
 impl Policy {
+    /// False only when the path guard proves the policy cannot match: then
+    /// every permission AND-list has a path condition that is false, so each
+    /// is false whatever else is unknown, and so is the policy (it never
+    /// reaches the unknown-peer default).
+    fn path_may_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> bool {
+        match &self.path_guard {
+            None => true,
+            Some(prefixes) => req
+                .url_path()
+                .is_some_and(|p| prefixes.iter().any(|x| p.starts_with(x.as_str()))),
+        }
+    }
+
     /// Whether the policy matches, in three-valued (Kleene) logic: `None` when
     /// the outcome depends on a direct peer the host cannot tell (see
     /// [`Leaf::eval`]). With every leaf known this is RBAC's two-valued match,
@@ -400,6 +418,22 @@ impl Authz {
 
     pub fn has_custom(&self) -> bool {
         self.custom.is_some()
+    }
+
+    /// Every engine's policies, for tests that look at the compiled form.
+    #[cfg(test)]
+    fn policies_mut(&mut self) -> impl Iterator<Item = &mut Policy> {
+        [
+            Some(&mut self.audit),
+            Some(&mut self.deny),
+            self.deny_shadow.as_mut(),
+            self.allow.as_mut(),
+            self.allow_shadow.as_mut(),
+            self.custom.as_mut().map(|(e, _)| e),
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e.policies.iter_mut())
     }
 
     /// AUDIT, then DENY (shadow, rules), then ALLOW (shadow, rules), as the

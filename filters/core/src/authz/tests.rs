@@ -1347,3 +1347,122 @@ fn custom_provider_must_exist() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------- path guard
+
+/// The compiled path guard (a policy whose every permission list needs the
+/// path to start with a literal is passed over when it does not) decides
+/// nothing itself: the same policies without guards give the same decision,
+/// policy ids included, on every request; unknown direct peers too (DENY
+/// fails closed only when the path could match).
+#[test]
+fn path_guard_never_changes_a_decision() {
+    let policies = vec![
+        policy(
+            "exact-prefix",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/a", "/b*"]}}]}]}),
+        ),
+        policy(
+            "template",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/api/{*}/items", "/files/{**}"], "methods": ["GET"]}}]}]}),
+        ),
+        policy(
+            "suffix",
+            json!({"rules": [{"to": [{"operation": {"paths": ["*.js"]}}]}]}),
+        ),
+        policy(
+            "two-ops",
+            json!({"rules": [{"to": [{"operation": {"paths": ["/x*"]}}, {"operation": {"methods": ["POST"]}}]}]}),
+        ),
+        policy(
+            "not-paths",
+            json!({"rules": [{"to": [{"operation": {"notPaths": ["/private*"]}}], "when": [{"key": "request.headers[x-k]", "values": ["1"]}]}]}),
+        ),
+        policy(
+            "two-rules",
+            json!({"rules": [
+            {"to": [{"operation": {"paths": ["/r1*"]}}], "from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]},
+            {"to": [{"operation": {"paths": ["/r2"], "hosts": ["example.com"]}}]}]}),
+        ),
+        policy(
+            "deny-ip",
+            json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/d*"]}}], "from": [{"source": {"ipBlocks": ["10.9.0.0/16"]}}]}]}),
+        ),
+        policy(
+            "deny-root",
+            json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/"]}}], "from": [{"source": {"notIpBlocks": ["10.0.0.0/8"]}}]}]}),
+        ),
+        policy(
+            "audit",
+            json!({"action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/a"]}}]}]}),
+        ),
+        dry(
+            "dry-deny",
+            "true",
+            json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/b1*"]}}]}]}),
+        ),
+    ];
+    let guarded = authz(policies.clone());
+    let mut plain = authz(policies);
+    let with_guard = plain
+        .policies_mut()
+        .filter(|p| p.path_guard.is_some())
+        .count();
+    assert!(with_guard >= 8, "{with_guard} policies have a guard");
+    for p in plain.policies_mut() {
+        p.path_guard = None;
+    }
+    let paths = [
+        "/",
+        "/a",
+        "/a/",
+        "/ab",
+        "/b",
+        "/b1",
+        "/b1/x",
+        "/api/v1/items",
+        "/api/v1/x",
+        "/files/",
+        "/files/a/b",
+        "/x.js",
+        "/x",
+        "/xy",
+        "/private/x",
+        "/r1",
+        "/r1/z",
+        "/r2",
+        "/r2x",
+        "/d",
+        "/dz",
+        "",
+        "a",
+        "/A",
+    ];
+    let mut n = 0;
+    for path in paths {
+        for method in ["GET", "POST"] {
+            for direct in [Some("10.9.1.1"), Some("192.168.0.1"), None] {
+                for k in [None, Some("1")] {
+                    let mut r = req(method, path);
+                    r.direct = direct.map(|d| d.parse().unwrap());
+                    if let Some(k) = k {
+                        r = r.h("x-k", k);
+                    }
+                    let r = r.peer("spiffe://cluster.local/ns/a/sa/b");
+                    let mut no_path = r.clone();
+                    no_path.headers.remove(":path");
+                    for mut r in [r, no_path] {
+                        let want = plain.evaluate(&mut r.clone());
+                        assert_eq!(
+                            guarded.evaluate(&mut r),
+                            want,
+                            "{method} {path:?} {direct:?} {k:?}"
+                        );
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(n, 24 * 2 * 3 * 2 * 2);
+}
