@@ -88,7 +88,12 @@ impl EnvoyBuilder {
         for _ in 0..3 {
             match self.start_once() {
                 Ok(envoy) => return Ok(envoy),
-                Err(e) if e.contains("Address already in use") => last = e,
+                // A port taken by another process meanwhile: fresh ports.
+                Err(e)
+                    if e.contains("Address already in use") || e.contains("duplicate address") =>
+                {
+                    last = e
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -176,10 +181,21 @@ fn render(
         } else if name == "ADMIN_PORT" {
             admin_port.to_string()
         } else if let Some(listener) = name.strip_prefix("PORT:") {
-            ports
-                .entry(listener.trim().to_string())
-                .or_insert_with(paths::free_port)
-                .to_string()
+            let listener = listener.trim().to_string();
+            if !ports.contains_key(&listener) {
+                // The OS may hand the same free port out twice in a row: every
+                // listener (and the admin) gets a distinct one.
+                let taken = |p: u16| p == admin_port || ports.values().any(|&q| q == p);
+                let mut port = paths::free_port();
+                for _ in 0..100 {
+                    if !taken(port) {
+                        break;
+                    }
+                    port = paths::free_port();
+                }
+                ports.insert(listener.clone(), port);
+            }
+            ports[&listener].to_string()
         } else if name == "DIST" {
             paths::dist_dir().display().to_string()
         } else if name == "CONFIG_DIR" {

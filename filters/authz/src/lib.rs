@@ -5,7 +5,6 @@
 //! becomes a 403 `RBAC: access denied`, filter state and metrics.
 
 use std::net::IpAddr;
-use std::ops::Range;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -99,74 +98,12 @@ impl RootContext for Root {
 }
 
 /// The request as policies see it; each field fetched at most once.
-/// "No pair" in [`HeaderIndex`]'s links.
-const NONE: u32 = u32::MAX;
-
-/// The request header map as the host serialized it, read once, with each
-/// policy header's values linked in order: a leaf finds its values by slot
-/// without comparing names or copying them.
-struct HeaderIndex {
-    map: glue::HeaderMapBytes,
-    ranges: Vec<(Range<usize>, Range<usize>)>,
-    /// Per `Authz::header_names` slot, its first pair (index into `ranges`).
-    first: Vec<u32>,
-    /// Per pair, the next pair of the same slot.
-    next: Vec<u32>,
-    /// The first `:path` pair.
-    path: Option<usize>,
-}
-
-impl HeaderIndex {
-    fn read(names: &[String]) -> HeaderIndex {
-        let map = glue::request_header_map();
-        let ranges = map.ranges();
-        let mut first = vec![NONE; names.len()];
-        let mut next = vec![NONE; ranges.len()];
-        let mut path = None;
-        let b = map.bytes();
-        // Backwards, so each slot's list ends up in the host's order.
-        for (i, (n, _)) in ranges.iter().enumerate().rev() {
-            let Some(name) = b.get(n.clone()) else {
-                continue;
-            };
-            if name == b":path" {
-                path = Some(i);
-            }
-            if let Some(slot) = names.iter().position(|s| s.as_bytes() == name) {
-                if let (Some(f), Some(x)) = (first.get_mut(slot), next.get_mut(i)) {
-                    *x = *f;
-                    *f = i as u32;
-                }
-            }
-        }
-        HeaderIndex {
-            map,
-            ranges,
-            first,
-            next,
-            path,
-        }
-    }
-
-    fn value(&self, i: usize) -> Option<&[u8]> {
-        self.map.bytes().get(self.ranges.get(i)?.1.clone())
-    }
-}
-
-/// A header value as text: in place when UTF-8 (Envoy's always are), else lossy.
-fn text(v: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(v) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(v),
-    }
-}
-
 struct View {
     authz: Rc<Authz>,
     /// The request headers: the whole map, read once on first use, because
     /// single-header reads cannot tell an empty value from an absent header
     /// (and each costs a host allocation in the VM).
-    headers: Option<HeaderIndex>,
+    headers: Option<glue::HeaderIndex>,
     remote: Option<Option<IpAddr>>,
     direct: Option<Option<IpAddr>>,
     dest_ip: Option<Option<IpAddr>>,
@@ -197,9 +134,10 @@ impl View {
         }
     }
 
-    fn headers(&mut self) -> &HeaderIndex {
+    fn headers(&mut self) -> &glue::HeaderIndex {
         let names = self.authz.header_names();
-        self.headers.get_or_insert_with(|| HeaderIndex::read(names))
+        self.headers
+            .get_or_insert_with(|| glue::HeaderIndex::read(names))
     }
 
     /// Headers as (name, value) pairs for the ext_authz check request (repeated
@@ -237,43 +175,12 @@ impl RequestAttrs for View {
         name: &str,
         pred: &mut dyn FnMut(&str) -> bool,
     ) -> Option<bool> {
-        let h = self.headers();
-        let mut i = match h.first.get(slot) {
-            Some(&f) => f,
-            // Not a slot the policies were compiled with: find it by name.
-            None => {
-                let b = h.map.bytes();
-                let mut found = None;
-                for (j, (n, _)) in h.ranges.iter().enumerate() {
-                    if b.get(n.clone()) == Some(name.as_bytes()) {
-                        found = Some(
-                            found.unwrap_or(false) || h.value(j).is_some_and(|v| pred(&text(v))),
-                        );
-                    }
-                }
-                return found;
-            }
-        };
-        if i == NONE {
-            return None;
-        }
-        while i != NONE {
-            let at = i as usize;
-            if h.value(at).is_some_and(|v| pred(&text(v))) {
-                return Some(true);
-            }
-            i = h.next.get(at).copied().unwrap_or(NONE);
-        }
-        Some(false)
+        self.headers().any(slot, name, pred)
     }
 
     fn url_path(&mut self) -> Option<&str> {
         if self.url_path.is_none() {
-            let h = self.headers();
-            let path = h
-                .path
-                .and_then(|i| h.value(i))
-                .map(|p| strip_query(&text(p)).to_string());
+            let path = self.headers().path().map(|p| strip_query(&p).to_string());
             self.url_path = Some(path);
         }
         self.url_path.as_ref().and_then(|p| p.as_deref())

@@ -8,6 +8,9 @@
 use std::ops::Range;
 
 use proxy_wasm::hostcalls;
+
+mod header_index;
+pub use header_index::HeaderIndex;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 /// The plugin configuration bytes. Envoy only hands them out during `on_configure`.
@@ -330,7 +333,7 @@ macro_rules! callbacks {
 mod tests {
     use super::HeaderMapBytes;
 
-    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = (pairs.len() as u32).to_le_bytes().to_vec();
         for (k, v) in pairs {
             b.extend((k.len() as u32).to_le_bytes());

@@ -454,33 +454,27 @@ fn main() {
                 continue;
             }
             let twin_label = c.twin.as_ref().map(|_| format!("{} (native twin)", c.name));
-            if frag.per_crossing.is_some() {
+            let b = if frag.per_crossing.is_some() {
                 // The plain request: the baseline rows are the shared ones.
-                rows.push(Row {
-                    label: c.name.clone(),
-                    group: group.clone(),
-                    listener: c.listener.clone(),
-                    spec: c,
-                    twin_label,
-                    base: (0, 1),
-                });
-                continue;
-            }
-            // This case's request through no filter and through the no-op.
-            let b = (rows.len(), rows.len() + 1);
-            for (what, listener) in [("no filter", "none"), ("no-op wasm", "noop")] {
-                rows.push(Row {
-                    label: format!("{what}, {} request", c.name),
-                    group: group.clone(),
-                    listener: listener.to_string(),
-                    spec: CaseSpec {
+                (0, 1)
+            } else {
+                // This case's request through no filter and through the no-op.
+                let b = (rows.len(), rows.len() + 1);
+                for (what, listener) in [("no filter", "none"), ("no-op wasm", "noop")] {
+                    rows.push(Row {
+                        label: format!("{what}, {} request", c.name),
+                        group: group.clone(),
                         listener: listener.to_string(),
-                        ..c.clone()
-                    },
-                    twin_label: None,
-                    base: b,
-                });
-            }
+                        spec: CaseSpec {
+                            listener: listener.to_string(),
+                            ..c.clone()
+                        },
+                        twin_label: None,
+                        base: b,
+                    });
+                }
+                b
+            };
             if let Some(t) = &c.twin {
                 rows.push(Row {
                     label: format!("{} (native twin)", c.name),
