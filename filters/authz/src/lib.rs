@@ -141,17 +141,18 @@ impl View {
     }
 
     /// Headers as (name, value) pairs for the ext_authz check request (repeated
-    /// names joined with `,`, in first-seen order).
+    /// names joined with `,`, in first-seen order), from the map the policies
+    /// read: a CUSTOM check does not fetch it a second time.
     fn header_pairs(&mut self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for (k, v) in glue::request_headers() {
-            let v = String::from_utf8_lossy(&v).into_owned();
-            match out.iter_mut().find(|(n, _)| *n == k) {
+        for (k, v) in self.headers().pairs() {
+            let v = String::from_utf8_lossy(v);
+            match out.iter_mut().find(|(n, _)| n == k) {
                 Some((_, joined)) => {
                     joined.push(',');
                     joined.push_str(&v);
                 }
-                None => out.push((k, v)),
+                None => out.push((k.to_string(), v.into_owned())),
             }
         }
         out

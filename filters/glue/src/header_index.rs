@@ -67,11 +67,10 @@ impl HeaderIndex {
             let mut found = None;
             for (j, (n, _)) in self.ranges.iter().enumerate() {
                 if b.get(n.clone()) == Some(name.as_bytes()) {
-                    let hit = self.value(j).is_some_and(|v| pred(&text(v)));
-                    found = Some(found == Some(true) || hit);
-                    if hit {
-                        break;
+                    if self.value(j).is_some_and(|v| pred(&text(v))) {
+                        return Some(true);
                     }
+                    found = Some(false);
                 }
             }
             return found;
@@ -88,6 +87,12 @@ impl HeaderIndex {
             i = self.next.get(at).copied().unwrap_or(NONE);
         }
         Some(false)
+    }
+
+    /// Every `(name, value)` pair, in the host's order (see
+    /// [`HeaderMapBytes::pairs`]): the same map, not read again.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        self.map.pairs()
     }
 
     /// The first `:path` value.

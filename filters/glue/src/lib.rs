@@ -8,10 +8,10 @@
 use std::ops::Range;
 
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 mod header_index;
 pub use header_index::HeaderIndex;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 /// The plugin configuration bytes. Envoy only hands them out during `on_configure`.
 pub fn plugin_config() -> Option<Vec<u8>> {

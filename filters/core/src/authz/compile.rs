@@ -147,93 +147,61 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         }
     }
 
-    let mut custom = match custom_provider {
-        Some((name, _)) => providers.get(&name).cloned().map(|s| (custom, s)),
-        None => None,
-    };
-
-    // Intern header names so hosts can find a header by slot.
-    let mut header_names: Vec<String> = Vec::new();
-    {
-        let engines = [
-            Some(&mut audit),
-            Some(&mut deny),
-            deny_shadow.as_mut(),
-            allow.as_mut(),
-            allow_shadow.as_mut(),
-            custom.as_mut().map(|(e, _)| e),
-        ];
-        for e in engines.into_iter().flatten() {
-            for pol in &mut e.policies {
-                for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
-                    // An AND stops at its first false condition, and its value
-                    // does not depend on the order: the path (most selective
-                    // in practice) first, then headers, then what costs host
-                    // calls; a condition that always holds last.
-                    and.sort_by_key(cond_cost);
-                    for c in and {
-                        for l in &mut c.any_of {
-                            if let Leaf::Header { name, slot, .. } = l {
-                                *slot = match header_names.iter().position(|n| n == name) {
-                                    Some(i) => i,
-                                    None => {
-                                        header_names.push(name.clone());
-                                        header_names.len() - 1
-                                    }
-                                };
-                            }
-                        }
-                    }
-                }
-                pol.path_guard = path_guard(&pol.permissions);
-            }
-        }
-    }
-
     // Fail closed when the direct peer is unknown (see `Engine`).
     deny.unknown_peer_matches = true;
     if let Some(e) = deny_shadow.as_mut() {
         e.unknown_peer_matches = true;
     }
+    let mut custom = match custom_provider {
+        Some((name, _)) => providers.get(&name).cloned().map(|s| (custom, s)),
+        None => None,
+    };
     if let Some((e, _)) = custom.as_mut() {
         e.unknown_peer_matches = true;
     }
 
-    let mut needs = Needs::default();
-    let engines = [
-        Some(&audit),
-        Some(&deny),
-        deny_shadow.as_ref(),
-        allow.as_ref(),
-        allow_shadow.as_ref(),
-    ];
-    for e in engines
-        .into_iter()
-        .flatten()
-        .chain(custom.as_ref().map(|(e, _)| e))
-    {
-        for pol in &e.policies {
-            for and in pol.permissions.iter().chain(pol.principals.iter()) {
-                for c in and {
-                    for l in &c.any_of {
-                        note_needs(l, &mut needs);
-                    }
-                }
-            }
-        }
-    }
-
-    Ok(Authz {
+    let mut authz = Authz {
         custom,
         audit,
         deny,
         deny_shadow,
         allow,
         allow_shadow,
-        needs,
+        needs: Needs::default(),
         jwt_payload_in_metadata: cfg.jwt_payload_in_metadata.clone(),
-        header_names,
-    })
+        header_names: Vec::new(),
+    };
+    // One pass over every policy: order each AND, intern header names so hosts
+    // can find a header by slot, note what the host must fetch, set path guards.
+    let mut header_names: Vec<String> = Vec::new();
+    let mut needs = Needs::default();
+    for pol in authz.engines_mut().flat_map(|e| e.policies.iter_mut()) {
+        for and in pol.permissions.iter_mut().chain(pol.principals.iter_mut()) {
+            // An AND stops at its first false condition, and its value does not
+            // depend on the order: the path (most selective in practice) first,
+            // then headers, then what costs host calls; a condition that always
+            // holds last.
+            and.sort_by_key(cond_cost);
+            for c in and {
+                for l in &mut c.any_of {
+                    note_needs(l, &mut needs);
+                    if let Leaf::Header { name, slot, .. } = l {
+                        *slot = match header_names.iter().position(|n| n == name) {
+                            Some(i) => i,
+                            None => {
+                                header_names.push(name.clone());
+                                header_names.len() - 1
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        pol.path_guard = path_guard(&pol.permissions);
+    }
+    authz.header_names = header_names;
+    authz.needs = needs;
+    Ok(authz)
 }
 
 fn note_needs(l: &Leaf, n: &mut Needs) {

@@ -420,20 +420,19 @@ impl Authz {
         self.custom.is_some()
     }
 
-    /// Every engine's policies, for tests that look at the compiled form.
-    #[cfg(test)]
-    fn policies_mut(&mut self) -> impl Iterator<Item = &mut Policy> {
+    /// Every engine (CUSTOM, AUDIT, DENY and ALLOW, enforced and dry-run),
+    /// for passes over all compiled policies.
+    pub(crate) fn engines_mut(&mut self) -> impl Iterator<Item = &mut Engine> {
         [
+            self.custom.as_mut().map(|(e, _)| e),
             Some(&mut self.audit),
             Some(&mut self.deny),
             self.deny_shadow.as_mut(),
             self.allow.as_mut(),
             self.allow_shadow.as_mut(),
-            self.custom.as_mut().map(|(e, _)| e),
         ]
         .into_iter()
         .flatten()
-        .flat_map(|e| e.policies.iter_mut())
     }
 
     /// AUDIT, then DENY (shadow, rules), then ALLOW (shadow, rules), as the

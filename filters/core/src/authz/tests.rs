@@ -1405,11 +1405,12 @@ fn path_guard_never_changes_a_decision() {
     let guarded = authz(policies.clone());
     let mut plain = authz(policies);
     let with_guard = plain
-        .policies_mut()
+        .engines_mut()
+        .flat_map(|e| e.policies.iter())
         .filter(|p| p.path_guard.is_some())
         .count();
     assert!(with_guard >= 8, "{with_guard} policies have a guard");
-    for p in plain.policies_mut() {
+    for p in plain.engines_mut().flat_map(|e| e.policies.iter_mut()) {
         p.path_guard = None;
     }
     let paths = [
