@@ -230,6 +230,22 @@ impl Envoy {
         Self::builder(template, path.display().to_string())
     }
 
+    /// The benchmark's Envoy (`envoy-configs/bench.yaml`: the `none` and `noop`
+    /// listeners, cluster `upstream` at `{{UPSTREAM_PORT}}`) with one filter's
+    /// bench fragment (`bench/<filter>.yaml`, and `bench/<filter>.clusters.yaml`
+    /// when there is one), as `make bench` runs it.
+    pub fn bench_fragment(filter: &str) -> EnvoyBuilder {
+        let dir = paths::config_dir().join("bench");
+        let path = dir.join(format!("{filter}.yaml"));
+        let listeners =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let clusters =
+            fs::read_to_string(dir.join(format!("{filter}.clusters.yaml"))).unwrap_or_default();
+        Self::from_file("bench.yaml")
+            .var("FILTER_LISTENERS", &listeners)
+            .var("FILTER_CLUSTERS", &clusters)
+    }
+
     /// A config given as text (same placeholders).
     pub fn from_yaml(template: &str) -> EnvoyBuilder {
         Self::builder(template.to_string(), "inline config".to_string())

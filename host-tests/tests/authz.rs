@@ -1187,14 +1187,8 @@ fn invalid_policy_is_refused_naming_the_field() {
 /// allowed by both, and the 50-policy set decides like its RBAC twin.
 #[test]
 fn bench_listeners_agree() {
-    let fragment =
-        std::fs::read_to_string(host_tests::paths::config_dir().join("bench/authz.yaml")).unwrap();
-    let yaml = format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }} }}\nstatic_resources:\n  listeners:\n{fragment}  clusters:\n  - {}\n",
-        authz_common::cluster("upstream", "{{UPSTREAM_PORT}}")
-    );
     let upstream = Upstream::echo("v1");
-    let envoy = Envoy::from_yaml(&yaml)
+    let envoy = Envoy::bench_fragment("authz")
         .upstream("UPSTREAM_PORT", &upstream)
         .start();
     let bench = || get("/bench/items?page=2").header("x-user", "user-42");

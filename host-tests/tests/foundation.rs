@@ -128,21 +128,14 @@ fn twin_helper_agrees_on_trivial_pair_and_reports_differences() {
 /// crossings each makes is counted by the emulator in hostcall_budget.rs.)
 #[test]
 fn crossings_module_makes_its_crossings_in_envoy() {
-    let dir = host_tests::paths::config_dir().join("bench");
-    let fragment = std::fs::read_to_string(dir.join("crossings.yaml")).unwrap();
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("crossings.json")).unwrap())
-            .unwrap();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(host_tests::paths::config_dir().join("bench/crossings.json"))
+            .unwrap(),
+    )
+    .unwrap();
     let repeat = cases["per_crossing"]["repeat"].as_u64().unwrap();
-    let yaml = format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }} }}\n\
-         static_resources:\n  listeners:\n{fragment}  clusters:\n  - {}\n",
-        json!({"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-               "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
-                   {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "{{UPSTREAM_PORT}}"}}}}]}]}})
-    );
     let up = Upstream::echo("echo");
-    let envoy = Envoy::from_yaml(&yaml)
+    let envoy = Envoy::bench_fragment("crossings")
         .upstream("UPSTREAM_PORT", &up)
         .start();
     let listeners: Vec<&str> = cases["cases"]
