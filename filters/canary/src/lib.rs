@@ -146,14 +146,14 @@ impl HttpContext for Http {
         // A client never chooses its own subset or cluster: drop its copies (from
         // Envoy and from the view the decision sees).
         let map = glue::request_header_map();
-        let mut headers = map.pairs();
+        let mut headers = map.byte_pairs();
         for name in canary.routing_request_headers() {
-            if headers.iter().any(|(k, _)| *k == name) {
+            if headers.iter().any(|(k, _)| *k == name.as_bytes()) {
                 glue::remove_request_header(name);
-                headers.retain(|(k, _)| *k != name);
+                headers.retain(|(k, _)| *k != name.as_bytes());
             }
         }
-        let view = RequestView::from_pairs(headers);
+        let view = RequestView::from_byte_pairs(headers);
         // Only a `{port}` template with a port-less destination needs the listener port.
         let listener_port = if canary.needs_listener_port() {
             glue::property_u64(&["destination", "port"]).and_then(|p| u32::try_from(p).ok())

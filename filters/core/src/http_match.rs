@@ -150,7 +150,7 @@ impl StringMatcher {
     /// Matches a present value (Present is decided by the caller).
     fn matches_value(&self, value: &[u8]) -> bool {
         match self {
-            StringMatcher::Exact(e) => value == e.as_bytes(),
+            StringMatcher::Exact(e) => eq_bytes(value, e.as_bytes()),
             StringMatcher::Prefix(p) => value.starts_with(p.as_bytes()),
             StringMatcher::Regex(re) => re.is_match(value),
             StringMatcher::Present => true,
@@ -289,17 +289,17 @@ impl UriMatcher {
                 let p = p.as_bytes();
                 raw.len() >= p.len()
                     && if self.ignore_case {
-                        raw[..p.len()].eq_ignore_ascii_case(p)
+                        eq_lower(&raw[..p.len()], p)
                     } else {
-                        &raw[..p.len()] == p
+                        eq_bytes(&raw[..p.len()], p)
                     }
             }
             StringMatcher::Exact(e) => {
                 let path = req.path_without_query();
                 if self.ignore_case {
-                    path.eq_ignore_ascii_case(e.as_bytes())
+                    eq_lower(path, e.as_bytes())
                 } else {
-                    path == e.as_bytes()
+                    eq_bytes(path, e.as_bytes())
                 }
             }
             // `case_sensitive` is ignored for safe_regex.
@@ -401,10 +401,20 @@ impl HttpMatchRequest {
 
         let uri = match &self.uri {
             None => None,
-            Some(sm) => Some(UriMatcher {
-                matcher: sm.compile(Site::Uri, &path.field("uri"))?,
-                ignore_case: self.ignore_uri_case,
-            }),
+            Some(sm) => {
+                let mut matcher = sm.compile(Site::Uri, &path.field("uri"))?;
+                // Lowered once here, so a request's path is lowered byte by
+                // byte against it (`eq_lower`), not both sides per request.
+                if self.ignore_uri_case {
+                    if let StringMatcher::Prefix(p) | StringMatcher::Exact(p) = &mut matcher {
+                        p.make_ascii_lowercase();
+                    }
+                }
+                Some(UriMatcher {
+                    matcher,
+                    ignore_case: self.ignore_uri_case,
+                })
+            }
         };
 
         let mut query_params = Vec::new();
@@ -484,28 +494,41 @@ impl HttpMatchList {
 
 /// The request as the matchers see it: the request headers as the host hands
 /// them over (lower-case names, pseudo-headers `:path`, `:method`,
-/// `:authority`, `:scheme` included; values as bytes).
+/// `:authority`, `:scheme` included; names and values as bytes).
 pub struct RequestView<'a> {
-    headers: Vec<(&'a str, &'a [u8])>,
+    headers: Vec<(&'a [u8], &'a [u8])>,
     path: &'a [u8],
     query: OnceCell<Vec<(&'a [u8], &'a [u8])>>,
 }
 
 impl<'a> RequestView<'a> {
     pub fn new(headers: &'a [(String, Vec<u8>)]) -> Self {
-        Self::from_pairs(
+        Self::from_byte_pairs(
             headers
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .map(|(k, v)| (k.as_bytes(), v.as_slice()))
                 .collect(),
         )
     }
 
-    /// A view over borrowed pairs (e.g. a header map parsed in place).
+    /// A view over borrowed pairs.
     pub fn from_pairs(headers: Vec<(&'a str, &'a [u8])>) -> Self {
+        Self::from_byte_pairs(
+            headers
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes(), v))
+                .collect(),
+        )
+    }
+
+    /// A view over borrowed byte pairs (a header map parsed in place). Names
+    /// are compared byte for byte: Envoy's header map keys are lower-case
+    /// (`LowerCaseString`; its HTTP/1 codec lower-cases what the client sent),
+    /// and so are the compiled matchers' names.
+    pub fn from_byte_pairs(headers: Vec<(&'a [u8], &'a [u8])>) -> Self {
         let path = headers
             .iter()
-            .find(|(k, _)| *k == ":path")
+            .find(|(k, _)| eq_bytes(k, b":path"))
             .map(|(_, v)| *v)
             .unwrap_or(b"");
         RequestView {
@@ -533,21 +556,23 @@ impl<'a> RequestView<'a> {
     /// A header's value; several values are joined with `,` as Envoy's
     /// `getAllOfHeaderAsString` does. `name` must be lower-case.
     pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
-        let mut found: Option<Cow<'a, [u8]>> = None;
-        for &(k, v) in &self.headers {
-            if k.eq_ignore_ascii_case(name) {
-                found = Some(match found {
-                    None => Cow::Borrowed(v),
-                    Some(prev) => {
-                        let mut joined = prev.into_owned();
-                        joined.push(b',');
-                        joined.extend_from_slice(v);
-                        Cow::Owned(joined)
-                    }
-                });
-            }
+        let name = name.as_bytes();
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(k, _)| eq_bytes(k, name))
+            .map(|&(_, v)| v);
+        let first = values.next()?;
+        let Some(second) = values.next() else {
+            // Nearly always: one value, handed out in place.
+            return Some(Cow::Borrowed(first));
+        };
+        let mut joined = first.to_vec();
+        for v in std::iter::once(second).chain(values) {
+            joined.push(b',');
+            joined.extend_from_slice(v);
         }
-        found
+        Some(Cow::Owned(joined))
     }
 
     /// The first value of a header (for headers Envoy reads as "implicitly
@@ -555,7 +580,7 @@ impl<'a> RequestView<'a> {
     pub fn header_first(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| eq_bytes(k, name.as_bytes()))
             .map(|&(_, v)| v)
     }
 
@@ -568,6 +593,38 @@ impl<'a> RequestView<'a> {
             .find(|(k, _)| *k == name.as_bytes())
             .map(|(_, v)| *v)
     }
+}
+
+/// `a == b`, eight bytes at a time: the wasm target's `memcmp` (which `==` on
+/// slices calls) goes byte by byte, and comparing names and values is most of
+/// what matching a request costs.
+#[inline]
+pub fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut a8).zip(&mut b8) {
+        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
+            return false;
+        };
+        if u64::from_le_bytes(x) != u64::from_le_bytes(y) {
+            return false;
+        }
+    }
+    a8.remainder()
+        .iter()
+        .zip(b8.remainder())
+        .all(|(x, y)| x == y)
+}
+
+/// `raw`, ASCII-lower-cased, equals `lower` (already lower-case).
+fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
+    raw.len() == lower.len()
+        && raw
+            .iter()
+            .zip(lower)
+            .all(|(r, l)| r.to_ascii_lowercase() == *l)
 }
 
 fn parse_query(path: &[u8]) -> Vec<(&[u8], &[u8])> {
@@ -1009,5 +1066,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `eq_bytes` (eight bytes at a time) and `eq_lower` say what `==` and
+    /// `eq_ignore_ascii_case` say, for every length around the word size and
+    /// a difference at every position.
+    #[test]
+    fn fast_compares_agree_with_the_plain_ones() {
+        for len in 0..20usize {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(eq_bytes(&a, &a.clone()));
+            assert!(eq_lower(&a.to_ascii_uppercase(), &a));
+            assert!(!eq_bytes(&a, &[a.as_slice(), b"x"].concat()));
+            assert!(!eq_lower(&a, &[a.as_slice(), b"x"].concat()));
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] = b'-';
+                assert!(!eq_bytes(&a, &b), "{len} {at}");
+                assert!(!eq_lower(&b, &a), "{len} {at}");
+            }
+        }
+    }
+
+    /// Repeated headers are joined with `,` in the host's order; one value is
+    /// handed out as it is.
+    #[test]
+    fn repeated_headers_are_joined_in_order() {
+        let h = hdrs("GET", "/", &[("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("x-a", "")]);
+        let view = RequestView::new(&h);
+        assert_eq!(view.header("x-a").as_deref(), Some(&b"1,3,"[..]));
+        assert_eq!(view.header("x-b").as_deref(), Some(&b"2"[..]));
+        assert_eq!(view.header_first("x-a"), Some(&b"1"[..]));
+        assert_eq!(view.header("x-c"), None);
+        assert_eq!(view.path(), b"/");
     }
 }

@@ -209,7 +209,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let map = glue::request_header_map();
-        let view = RequestView::from_pairs(map.pairs());
+        let view = RequestView::from_byte_pairs(map.byte_pairs());
         let w = &mut *w;
         let Some((route, fault)) = w.policy.select(&view) else {
             return Action::Continue;

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use meshwasm_core::http_match::eq_bytes;
+
 use crate::HeaderMapBytes;
 
 /// "No pair" in the links.
@@ -39,10 +41,10 @@ impl HeaderIndex {
             let Some(name) = b.get(n.clone()) else {
                 continue;
             };
-            if name == b":path" {
+            if eq_bytes(name, b":path") {
                 path = Some(i);
             }
-            if let Some(slot) = names.iter().position(|s| s.as_bytes() == name) {
+            if let Some(slot) = names.iter().position(|s| eq_bytes(s.as_bytes(), name)) {
                 if let (Some(f), Some(x)) = (first.get_mut(slot), next.get_mut(i)) {
                     *x = *f;
                     *f = i as u32;
@@ -66,7 +68,9 @@ impl HeaderIndex {
             let b = self.map.bytes();
             let mut found = None;
             for (j, (n, _)) in self.ranges.iter().enumerate() {
-                if b.get(n.clone()) == Some(name.as_bytes()) {
+                if b.get(n.clone())
+                    .is_some_and(|n| eq_bytes(n, name.as_bytes()))
+                {
                     if self.value(j).is_some_and(|v| pred(&text(v))) {
                         return Some(true);
                     }
