@@ -1092,7 +1092,11 @@ mod tests {
     /// handed out as it is.
     #[test]
     fn repeated_headers_are_joined_in_order() {
-        let h = hdrs("GET", "/", &[("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("x-a", "")]);
+        let h = hdrs(
+            "GET",
+            "/",
+            &[("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("x-a", "")],
+        );
         let view = RequestView::new(&h);
         assert_eq!(view.header("x-a").as_deref(), Some(&b"1,3,"[..]));
         assert_eq!(view.header("x-b").as_deref(), Some(&b"2"[..]));

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use regex_lite::Regex;
 
+use crate::http_match::eq_bytes;
+
 /// Envoy `StringMatcher` (the forms istiod emits). `ignore_case` lowers both
 /// sides (ASCII only, like absl::EqualsIgnoreCase).
 #[derive(Debug, Clone)]
@@ -70,9 +72,17 @@ impl StrMatch {
 
     pub fn matches(&self, v: &str) -> bool {
         match self {
-            StrMatch::Exact(s) => v == s,
-            StrMatch::Prefix(s) => v.starts_with(s.as_str()),
-            StrMatch::Suffix(s) => v.ends_with(s.as_str()),
+            // Word-at-a-time compares: `==` on slices is a byte loop in wasm.
+            StrMatch::Exact(s) => eq_bytes(v.as_bytes(), s.as_bytes()),
+            StrMatch::Prefix(s) => v
+                .as_bytes()
+                .get(..s.len())
+                .is_some_and(|h| eq_bytes(h, s.as_bytes())),
+            StrMatch::Suffix(s) => v
+                .len()
+                .checked_sub(s.len())
+                .and_then(|at| v.as_bytes().get(at..))
+                .is_some_and(|t| eq_bytes(t, s.as_bytes())),
             StrMatch::Regex(r) => r.is_match(v),
             // RE2 `.` does not match `\n`.
             StrMatch::NonEmpty => !v.is_empty() && !v.contains('\n'),
@@ -227,6 +237,38 @@ pub fn parse_socket_ip(s: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exact, prefix and suffix say what `==`, `starts_with` and `ends_with`
+    /// say, for values shorter, equal and longer than the pattern, and for
+    /// multi-byte text.
+    #[test]
+    fn string_matchers_agree_with_str() {
+        let values = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "xabc",
+            "abcx",
+            "abcdefghij",
+            "é",
+            "aé",
+            "éa",
+            "abcdefgh",
+        ];
+        for p in ["", "a", "abc", "abcdefgh", "é"] {
+            for v in values {
+                let (e, pre, suf) = (
+                    StrMatch::Exact(p.into()),
+                    StrMatch::Prefix(p.into()),
+                    StrMatch::Suffix(p.into()),
+                );
+                assert_eq!(e.matches(v), v == p, "{v:?} exact {p:?}");
+                assert_eq!(pre.matches(v), v.starts_with(p), "{v:?} prefix {p:?}");
+                assert_eq!(suf.matches(v), v.ends_with(p), "{v:?} suffix {p:?}");
+            }
+        }
+    }
 
     #[test]
     fn cidrs() {
