@@ -109,29 +109,9 @@ impl HeaderMapBytes {
     /// A malformed buffer yields the pairs read so far.
     pub fn byte_pairs(&self) -> Vec<(&[u8], &[u8])> {
         let b = self.0.as_slice();
-        let word = |at: usize| -> Option<usize> {
-            let w: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
-            Some(u32::from_le_bytes(w) as usize)
-        };
-        let Some(count) = word(0) else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(count.min(128));
-        let mut data = count.saturating_mul(8).saturating_add(4);
-        for i in 0..count {
-            let (Some(nl), Some(vl)) = (word(4 + i * 8), word(8 + i * 8)) else {
-                break;
-            };
-            let name_end = data.saturating_add(nl);
-            let value_start = name_end.saturating_add(1);
-            let value_end = value_start.saturating_add(vl);
-            let (Some(name), Some(value)) = (b.get(data..name_end), b.get(value_start..value_end))
-            else {
-                break;
-            };
-            out.push((name, value));
-            data = value_end.saturating_add(1);
-        }
+        let walk = self.walk();
+        let mut out = Vec::with_capacity(walk.len_hint());
+        out.extend(walk.map_while(|(n, v)| Some((b.get(n)?, b.get(v)?))));
         out
     }
 
@@ -139,35 +119,73 @@ impl HeaderMapBytes {
     /// host's order (see [`HeaderMapBytes::pairs`] for the format): an index a
     /// caller can keep beside the buffer and read from lazily.
     pub fn ranges(&self) -> Vec<(Range<usize>, Range<usize>)> {
-        let b = self.0.as_slice();
-        let word = |at: usize| -> Option<usize> {
-            let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-            Some(u32::from_le_bytes(w) as usize)
-        };
-        let Some(count) = word(0) else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(count.min(128));
-        let mut data = count.saturating_mul(8).saturating_add(4);
-        for i in 0..count {
-            let (Some(nl), Some(vl)) = (word(4 + i * 8), word(8 + i * 8)) else {
-                break;
-            };
-            let name_end = data.saturating_add(nl);
-            let value_start = name_end.saturating_add(1);
-            let value_end = value_start.saturating_add(vl);
-            if value_end > b.len() {
-                break;
-            }
-            out.push((data..name_end, value_start..value_end));
-            data = value_end.saturating_add(1);
-        }
+        let walk = self.walk();
+        let mut out = Vec::with_capacity(walk.len_hint());
+        out.extend(walk);
         out
     }
 
+    fn walk(&self) -> PairRanges<'_> {
+        let mut walk = PairRanges {
+            b: &self.0,
+            i: 0,
+            count: 0,
+            data: 0,
+        };
+        if let Some(count) = walk.word(0) {
+            walk.count = count;
+            walk.data = count.saturating_mul(8).saturating_add(4);
+        }
+        walk
+    }
     /// The serialized map.
     pub fn bytes(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The serialized map's pairs as ranges into it, checked to lie inside it;
+/// stops at the first pair that does not.
+struct PairRanges<'a> {
+    b: &'a [u8],
+    i: usize,
+    count: usize,
+    /// Where the next pair's name starts.
+    data: usize,
+}
+
+impl PairRanges<'_> {
+    fn word(&self, at: usize) -> Option<usize> {
+        let w: [u8; 4] = self.b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(w) as usize)
+    }
+
+    /// How many pairs the map says it has, capped: a capacity, not a promise.
+    fn len_hint(&self) -> usize {
+        self.count.min(128)
+    }
+}
+
+impl Iterator for PairRanges<'_> {
+    type Item = (Range<usize>, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.count {
+            return None;
+        }
+        let at = self.i.checked_mul(8)?.checked_add(4)?;
+        let (nl, vl) = (self.word(at)?, self.word(at.checked_add(4)?)?);
+        let name_end = self.data.saturating_add(nl);
+        let value_start = name_end.saturating_add(1);
+        let value_end = value_start.saturating_add(vl);
+        if value_end > self.b.len() {
+            self.i = self.count;
+            return None;
+        }
+        let pair = (self.data..name_end, value_start..value_end);
+        self.data = value_end.saturating_add(1);
+        self.i += 1;
+        Some(pair)
     }
 }
 
