@@ -174,7 +174,7 @@ impl RequestAttrs for View {
         &mut self,
         slot: usize,
         name: &str,
-        pred: &mut dyn FnMut(&str) -> bool,
+        pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool> {
         self.headers().any(slot, name, pred)
     }
@@ -300,9 +300,8 @@ impl Http {
         glue::set_filter_state("meshwasm.authz_result", d.result().as_bytes());
         if let Some(id) = d
             .policy_id
-            .as_ref()
-            .or_else(|| d.shadows.iter().find_map(|s| s.policy_id.as_ref()))
-            .or(d.audit_policy.as_ref())
+            .or_else(|| d.shadows.iter().find_map(|s| s.policy_id))
+            .or(d.audit_policy)
         {
             glue::set_filter_state("meshwasm.authz_policy", id.as_bytes());
         }

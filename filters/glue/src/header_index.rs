@@ -62,8 +62,13 @@ impl HeaderIndex {
 
     /// Whether any value of the header in `slot` satisfies `pred`, in order,
     /// stopping at the first that does; `None` when absent. A slot the index
-    /// was not built with is looked up by `name`.
-    pub fn any(&self, slot: usize, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> Option<bool> {
+    /// was not built with is looked up by `name`. Values as the host sent them.
+    pub fn any(
+        &self,
+        slot: usize,
+        name: &str,
+        pred: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<bool> {
         let Some(&head) = self.first.get(slot) else {
             let b = self.map.bytes();
             let mut found = None;
@@ -71,7 +76,7 @@ impl HeaderIndex {
                 if b.get(n.clone())
                     .is_some_and(|n| eq_bytes(n, name.as_bytes()))
                 {
-                    if self.value(j).is_some_and(|v| pred(&text(v))) {
+                    if self.value(j).is_some_and(&mut *pred) {
                         return Some(true);
                     }
                     found = Some(false);
@@ -85,7 +90,7 @@ impl HeaderIndex {
         let mut i = head;
         while i != NONE {
             let at = i as usize;
-            if self.value(at).is_some_and(|v| pred(&text(v))) {
+            if self.value(at).is_some_and(&mut *pred) {
                 return Some(true);
             }
             i = self.next.get(at).copied().unwrap_or(NONE);
@@ -123,17 +128,17 @@ mod tests {
     use crate::tests::serialize;
     use crate::HeaderMapBytes;
 
-    fn values(ix: &HeaderIndex, slot: usize, name: &str) -> Option<Vec<String>> {
+    fn values(ix: &HeaderIndex, slot: usize, name: &str) -> Option<Vec<Vec<u8>>> {
         let mut seen = Vec::new();
         let any = ix.any(slot, name, &mut |v| {
-            seen.push(v.to_string());
+            seen.push(v.to_vec());
             false
         });
         any.map(|_| seen)
     }
 
     #[test]
-    fn values_by_slot_in_order_absent_and_lossy() {
+    fn values_by_slot_in_order_absent_and_raw() {
         let map = HeaderMapBytes(serialize(&[
             (":path", b"/a?b"),
             ("x-dup", b"1"),
@@ -148,19 +153,23 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let ix = HeaderIndex::new(map, &names);
-        assert_eq!(values(&ix, 0, "x-dup"), Some(vec!["1".into(), "2".into()]));
+        assert_eq!(
+            values(&ix, 0, "x-dup"),
+            Some(vec![b"1".to_vec(), b"2".to_vec()])
+        );
         assert_eq!(values(&ix, 1, "x-absent"), None);
-        assert_eq!(values(&ix, 2, "x-empty"), Some(vec![String::new()]));
-        assert_eq!(values(&ix, 3, "x-bin"), Some(vec!["\u{fffd}z".into()]));
+        assert_eq!(values(&ix, 2, "x-empty"), Some(vec![Vec::new()]));
+        // Not UTF-8: handed out as it is (Envoy's RBAC compares bytes).
+        assert_eq!(values(&ix, 3, "x-bin"), Some(vec![b"\xffz".to_vec()]));
         // Not a slot it was built with: found by name.
-        assert_eq!(values(&ix, 9, "x-other"), Some(vec!["o".into()]));
+        assert_eq!(values(&ix, 9, "x-other"), Some(vec![b"o".to_vec()]));
         assert_eq!(values(&ix, 9, "x-none"), None);
         // Stops at the first value that satisfies the predicate.
         let mut calls = 0;
         assert_eq!(
             ix.any(0, "x-dup", &mut |v| {
                 calls += 1;
-                v == "1"
+                v == b"1"
             }),
             Some(true)
         );

@@ -72,21 +72,30 @@ impl StrMatch {
 
     pub fn matches(&self, v: &str) -> bool {
         match self {
+            StrMatch::Regex(r) => r.is_match(v),
+            _ => self.matches_bytes(v.as_bytes()),
+        }
+    }
+
+    /// A value as bytes (a header value as Envoy holds it). Only a regex
+    /// needs text: a value that is not UTF-8 is matched lossily there.
+    pub fn matches_bytes(&self, v: &[u8]) -> bool {
+        match self {
             // Word-at-a-time compares: `==` on slices is a byte loop in wasm.
-            StrMatch::Exact(s) => eq_bytes(v.as_bytes(), s.as_bytes()),
-            StrMatch::Prefix(s) => v
-                .as_bytes()
-                .get(..s.len())
-                .is_some_and(|h| eq_bytes(h, s.as_bytes())),
+            StrMatch::Exact(s) => eq_bytes(v, s.as_bytes()),
+            StrMatch::Prefix(s) => v.get(..s.len()).is_some_and(|h| eq_bytes(h, s.as_bytes())),
             StrMatch::Suffix(s) => v
                 .len()
                 .checked_sub(s.len())
-                .and_then(|at| v.as_bytes().get(at..))
+                .and_then(|at| v.get(at..))
                 .is_some_and(|t| eq_bytes(t, s.as_bytes())),
-            StrMatch::Regex(r) => r.is_match(v),
+            StrMatch::Regex(r) => match std::str::from_utf8(v) {
+                Ok(s) => r.is_match(s),
+                Err(_) => r.is_match(&String::from_utf8_lossy(v)),
+            },
             // RE2 `.` does not match `\n`.
-            StrMatch::NonEmpty => !v.is_empty() && !v.contains('\n'),
-            StrMatch::Template(t) => template_match(t, v.as_bytes()),
+            StrMatch::NonEmpty => !v.is_empty() && !v.contains(&b'\n'),
+            StrMatch::Template(t) => template_match(t, v),
         }
     }
 
@@ -96,6 +105,15 @@ impl StrMatch {
             self.matches(&v.to_ascii_lowercase())
         } else {
             self.matches(v)
+        }
+    }
+
+    /// [`StrMatch::matches_ignore_case`] for a value as bytes.
+    pub fn matches_bytes_ignore_case(&self, v: &[u8]) -> bool {
+        if v.iter().any(|b| b.is_ascii_uppercase()) {
+            self.matches_bytes(&v.to_ascii_lowercase())
+        } else {
+            self.matches_bytes(v)
         }
     }
 
@@ -266,8 +284,20 @@ mod tests {
                 assert_eq!(e.matches(v), v == p, "{v:?} exact {p:?}");
                 assert_eq!(pre.matches(v), v.starts_with(p), "{v:?} prefix {p:?}");
                 assert_eq!(suf.matches(v), v.ends_with(p), "{v:?} suffix {p:?}");
+                for m in [&e, &pre, &suf] {
+                    assert_eq!(m.matches_bytes(v.as_bytes()), m.matches(v), "{v:?} {m:?}");
+                }
             }
         }
+        // Values that are not UTF-8 are compared as bytes; a regex sees them
+        // lossily (U+FFFD), as `.` in RE2 takes an invalid byte as one character.
+        let raw = b"ab\xff";
+        assert!(StrMatch::Prefix("ab".into()).matches_bytes(raw));
+        assert!(!StrMatch::Exact("ab".into()).matches_bytes(raw));
+        assert!(StrMatch::NonEmpty.matches_bytes(b"\xff"));
+        assert!(StrMatch::regex("ab.").unwrap().matches_bytes(raw));
+        assert!(!StrMatch::regex("ab").unwrap().matches_bytes(raw));
+        assert!(StrMatch::Prefix("ab".into()).matches_bytes_ignore_case(b"AB\xff"));
     }
 
     #[test]

@@ -35,12 +35,13 @@ pub trait RequestAttrs {
     /// order and stopping at the first that does; `None` when the header is
     /// absent. `slot` is the name's index in [`Authz::header_names`] (hosts may
     /// use it to find the header without comparing names). A predicate rather
-    /// than a slice so a host can hand out values in place, without copying.
+    /// than a slice so a host can hand out values in place, without copying;
+    /// values as bytes, as Envoy's RBAC compares them (no UTF-8 check).
     fn header_any(
         &mut self,
         slot: usize,
         name: &str,
-        pred: &mut dyn FnMut(&str) -> bool,
+        pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool>;
     /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`);
     /// hosts compute it once per request (see [`strip_query`]).
@@ -255,9 +256,9 @@ impl Leaf {
                 Some(m) => req
                     .header_any(*slot, name, &mut |v| {
                         if *ignore_case {
-                            m.matches_ignore_case(v)
+                            m.matches_bytes_ignore_case(v)
                         } else {
-                            m.matches(v)
+                            m.matches_bytes(v)
                         }
                     })
                     .unwrap_or(false),
@@ -350,27 +351,29 @@ pub struct Authz {
 
 /// The result of one dry-run (shadow) engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shadow {
+pub struct Shadow<'a> {
     pub denied: bool,
     /// The matched dry-run policy, if any.
-    pub policy_id: Option<String>,
+    pub policy_id: Option<&'a str>,
 }
 
 /// The enforced result of AUDIT, DENY and ALLOW for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+/// Policy ids are borrowed from the compiled policies: a request allocates
+/// nothing for them.
+pub struct Decision<'a> {
     pub allowed: bool,
     /// The policy that decided: the matching DENY policy, or the matching
     /// ALLOW policy. None when allowed without ALLOW policies or denied
     /// because none matched.
-    pub policy_id: Option<String>,
+    pub policy_id: Option<&'a str>,
     /// The matching AUDIT policy (access-log hint), if any.
-    pub audit_policy: Option<String>,
+    pub audit_policy: Option<&'a str>,
     /// Dry-run results, in evaluation order (DENY's, then ALLOW's when reached).
-    pub shadows: Vec<Shadow>,
+    pub shadows: Vec<Shadow<'a>>,
 }
 
-impl Decision {
+impl Decision<'_> {
     /// The value written to filter state `meshwasm.authz_result`.
     pub fn result(&self) -> &'static str {
         if !self.allowed {
@@ -437,11 +440,11 @@ impl Authz {
 
     /// AUDIT, then DENY (shadow, rules), then ALLOW (shadow, rules), as the
     /// three RBAC filters istiod emits run in that order.
-    pub fn evaluate<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Decision {
-        let audit_policy = self.audit.first_match(req).map(str::to_string);
+    pub fn evaluate<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Decision<'_> {
+        let audit_policy = self.audit.first_match(req);
         let mut shadows = Vec::new();
         if let Some(shadow) = &self.deny_shadow {
-            let id = shadow.first_match(req).map(str::to_string);
+            let id = shadow.first_match(req);
             shadows.push(Shadow {
                 denied: id.is_some(),
                 policy_id: id,
@@ -450,13 +453,13 @@ impl Authz {
         if let Some(id) = self.deny.first_match(req) {
             return Decision {
                 allowed: false,
-                policy_id: Some(id.to_string()),
+                policy_id: Some(id),
                 audit_policy,
                 shadows,
             };
         }
         if let Some(shadow) = &self.allow_shadow {
-            let id = shadow.first_match(req).map(str::to_string);
+            let id = shadow.first_match(req);
             shadows.push(Shadow {
                 denied: id.is_none(),
                 policy_id: id,
@@ -465,7 +468,7 @@ impl Authz {
         let (allowed, policy_id) = match &self.allow {
             None => (true, None),
             Some(engine) => match engine.first_match(req) {
-                Some(id) => (true, Some(id.to_string())),
+                Some(id) => (true, Some(id)),
                 None => (false, None),
             },
         };

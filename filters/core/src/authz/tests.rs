@@ -27,11 +27,11 @@ impl RequestAttrs for Req {
         &mut self,
         _slot: usize,
         name: &str,
-        pred: &mut dyn FnMut(&str) -> bool,
+        pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool> {
         self.headers
             .get(name)
-            .map(|values| values.iter().any(|v| pred(v)))
+            .map(|values| values.iter().any(|v| pred(v.as_bytes())))
     }
     fn url_path(&mut self) -> Option<&str> {
         self.headers
@@ -181,7 +181,7 @@ fn golden_allow_empty_rule_allows_all() {
     let a = authz(vec![policy("p", json!({"rules": [{}]}))]);
     let d = a.evaluate(&mut get("/anything"));
     assert!(d.allowed);
-    assert_eq!(d.policy_id.as_deref(), Some("ns[foo]-policy[p]-rule[0]"));
+    assert_eq!(d.policy_id, Some("ns[foo]-policy[p]-rule[0]"));
 }
 
 #[test]
@@ -192,10 +192,7 @@ fn golden_deny_empty_rule_denies_all() {
     )]);
     let d = a.evaluate(&mut get("/"));
     assert!(!d.allowed);
-    assert_eq!(
-        d.policy_id.as_deref(),
-        Some("ns[foo]-policy[deny-all]-rule[0]")
-    );
+    assert_eq!(d.policy_id, Some("ns[foo]-policy[deny-all]-rule[0]"));
     assert_eq!(d.result(), "denied");
 }
 
@@ -238,7 +235,7 @@ fn deny_wins_over_allow_and_allow_is_union() {
     assert!(!allowed(&a, get("/b").h("x", "1")));
     assert!(!allowed(&a, get("/c")));
     let d = a.evaluate(&mut get("/b"));
-    assert_eq!(d.policy_id.as_deref(), Some("ns[foo]-policy[a2]-rule[0]"));
+    assert_eq!(d.policy_id, Some("ns[foo]-policy[a2]-rule[0]"));
 }
 
 #[test]
@@ -249,10 +246,7 @@ fn audit_never_enforces() {
     )]);
     let d = a.evaluate(&mut get("/a"));
     assert!(d.allowed);
-    assert_eq!(
-        d.audit_policy.as_deref(),
-        Some("ns[foo]-policy[log]-rule[0]")
-    );
+    assert_eq!(d.audit_policy, Some("ns[foo]-policy[log]-rule[0]"));
     assert_eq!(d.result(), "audit");
     let d = a.evaluate(&mut get("/b"));
     assert!(d.allowed);
@@ -288,7 +282,7 @@ fn golden_dry_run_mix() {
         d.shadows,
         vec![Shadow {
             denied: false,
-            policy_id: Some("ns[foo]-policy[httpbin-1]-rule[0]".into())
+            policy_id: Some("ns[foo]-policy[httpbin-1]-rule[0]")
         }]
     );
     let d = a.evaluate(&mut get("/another"));
@@ -398,7 +392,7 @@ fn kubectl_output_is_accepted() {
         json!({"metadata": {"name": "n"}, "spec": {"rules": [{}]}}),
     ]);
     assert_eq!(
-        a.evaluate(&mut get("/")).policy_id.as_deref(),
+        a.evaluate(&mut get("/")).policy_id,
         Some("ns[default]-policy[n]-rule[0]")
     );
 }
