@@ -517,29 +517,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// `n` requests to `path`, `parallel` at a time; latencies in ms, sorted.
-fn latencies(port: u16, path: &str, n: usize, parallel: usize) -> Vec<f64> {
+/// `each` run `per_thread` times on each of `threads` threads at once; what
+/// it returned (ms), sorted.
+fn timed_in_parallel(threads: usize, per_thread: usize, each: impl Fn() -> f64 + Sync) -> Vec<f64> {
+    let each = &each;
     let mut all: Vec<f64> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..parallel)
-            .map(|_| {
-                s.spawn(move || {
-                    (0..n / parallel)
-                        .map(|_| {
-                            let t = Instant::now();
-                            let r = host_tests::http::send(port, &Request::get(path)).unwrap();
-                            let took = t.elapsed().as_secs_f64() * 1000.0;
-                            assert_eq!(
-                                r.status,
-                                200,
-                                "{path} after {took:.1} ms: {:?} {}",
-                                r.headers,
-                                r.text()
-                            );
-                            took
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || (0..per_thread).map(|_| each()).collect::<Vec<_>>()))
             .collect();
         workers
             .into_iter()
@@ -548,6 +532,23 @@ fn latencies(port: u16, path: &str, n: usize, parallel: usize) -> Vec<f64> {
     });
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     all
+}
+
+/// `n` requests to `path`, `parallel` at a time; latencies in ms, sorted.
+fn latencies(port: u16, path: &str, n: usize, parallel: usize) -> Vec<f64> {
+    timed_in_parallel(parallel, n / parallel, || {
+        let t = Instant::now();
+        let r = host_tests::http::send(port, &Request::get(path)).unwrap();
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(
+            r.status,
+            200,
+            "{path} after {took:.1} ms: {:?} {}",
+            r.headers,
+            r.text()
+        );
+        took
+    })
 }
 
 /// Serializes the tests that measure time or load the machine, so they do not
@@ -632,26 +633,11 @@ fn measure_delays(envoy: &Envoy) -> (String, ClientDelays, HeldDelays) {
 /// (p50, p99) of how much each overshot, in ms. Any delay, native or ours, is at
 /// best this accurate: it is the floor the 5 ms bound is read against.
 fn sleep_overshoot_ms() -> (f64, f64) {
-    let mut all: Vec<f64> = std::thread::scope(|s| {
-        let threads: Vec<_> = (0..5)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..40)
-                        .map(|_| {
-                            let t = Instant::now();
-                            std::thread::sleep(Duration::from_millis(50));
-                            t.elapsed().as_secs_f64() * 1000.0 - 50.0
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect()
+    let all = timed_in_parallel(5, 40, || {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        t.elapsed().as_secs_f64() * 1000.0 - 50.0
     });
-    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (percentile(&all, 0.5), percentile(&all, 0.99))
 }
 
