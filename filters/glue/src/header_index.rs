@@ -15,10 +15,11 @@ const NONE: u32 = u32::MAX;
 pub struct HeaderIndex {
     map: HeaderMapBytes,
     ranges: Vec<(Range<usize>, Range<usize>)>,
-    /// Per slot (index into the names it was built with), its first pair.
-    first: Vec<u32>,
-    /// Per pair, the next pair of the same slot.
-    next: Vec<u32>,
+    /// One allocation for two lists: per slot (index into the names it was
+    /// built with) its first pair, then per pair the next pair of its slot.
+    links: Vec<u32>,
+    /// How many slots `links` starts with.
+    slots: usize,
     /// The first `:path` pair.
     path: Option<usize>,
 }
@@ -32,8 +33,8 @@ impl HeaderIndex {
     /// Indexes `map` by `names` (lower-case, as Envoy sends header names).
     pub fn new(map: HeaderMapBytes, names: &[String]) -> HeaderIndex {
         let ranges = map.ranges();
-        let mut first = vec![NONE; names.len()];
-        let mut next = vec![NONE; ranges.len()];
+        let slots = names.len();
+        let mut links = vec![NONE; slots.saturating_add(ranges.len())];
         let mut path = None;
         let b = map.bytes();
         // Backwards, so each slot's list ends up in the host's order.
@@ -45,8 +46,11 @@ impl HeaderIndex {
                 path = Some(i);
             }
             if let Some(slot) = names.iter().position(|s| eq_bytes(s.as_bytes(), name)) {
-                if let (Some(f), Some(x)) = (first.get_mut(slot), next.get_mut(i)) {
-                    *x = *f;
+                let head = links.get(slot).copied().unwrap_or(NONE);
+                if let Some(x) = links.get_mut(slots.saturating_add(i)) {
+                    *x = head;
+                }
+                if let Some(f) = links.get_mut(slot) {
                     *f = i as u32;
                 }
             }
@@ -54,8 +58,8 @@ impl HeaderIndex {
         HeaderIndex {
             map,
             ranges,
-            first,
-            next,
+            links,
+            slots,
             path,
         }
     }
@@ -69,7 +73,8 @@ impl HeaderIndex {
         name: &str,
         pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool> {
-        let Some(&head) = self.first.get(slot) else {
+        let head = (slot < self.slots).then(|| self.links.get(slot).copied());
+        let Some(Some(head)) = head else {
             let b = self.map.bytes();
             let mut found = None;
             for (j, (n, _)) in self.ranges.iter().enumerate() {
@@ -93,7 +98,11 @@ impl HeaderIndex {
             if self.value(at).is_some_and(&mut *pred) {
                 return Some(true);
             }
-            i = self.next.get(at).copied().unwrap_or(NONE);
+            i = self
+                .links
+                .get(self.slots.saturating_add(at))
+                .copied()
+                .unwrap_or(NONE);
         }
         Some(false)
     }
