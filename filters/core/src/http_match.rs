@@ -117,7 +117,7 @@ impl FullMatchRegex {
     pub fn is_match(&self, value: &[u8]) -> bool {
         // The prefix is ASCII: a value whose bytes do not start with it cannot
         // start with it after lossy UTF-8 conversion either.
-        value.starts_with(&self.prefix) && self.re.is_match(&String::from_utf8_lossy(value))
+        starts_with_bytes(value, &self.prefix) && self.re.is_match(&String::from_utf8_lossy(value))
     }
 }
 
@@ -287,12 +287,11 @@ impl UriMatcher {
         match &self.matcher {
             StringMatcher::Prefix(p) => {
                 let p = p.as_bytes();
-                raw.len() >= p.len()
-                    && if self.ignore_case {
-                        eq_lower(&raw[..p.len()], p)
-                    } else {
-                        eq_bytes(&raw[..p.len()], p)
-                    }
+                if self.ignore_case {
+                    raw.get(..p.len()).is_some_and(|h| eq_lower(h, p))
+                } else {
+                    starts_with_bytes(raw, p)
+                }
             }
             StringMatcher::Exact(e) => {
                 let path = req.path_without_query();
@@ -511,16 +510,6 @@ impl<'a> RequestView<'a> {
         )
     }
 
-    /// A view over borrowed pairs.
-    pub fn from_pairs(headers: Vec<(&'a str, &'a [u8])>) -> Self {
-        Self::from_byte_pairs(
-            headers
-                .into_iter()
-                .map(|(k, v)| (k.as_bytes(), v))
-                .collect(),
-        )
-    }
-
     /// A view over borrowed byte pairs (a header map parsed in place). Names
     /// are compared byte for byte: Envoy's header map keys are lower-case
     /// (`LowerCaseString`; its HTTP/1 codec lower-cases what the client sent),
@@ -616,6 +605,21 @@ pub fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
         .iter()
         .zip(b8.remainder())
         .all(|(x, y)| x == y)
+}
+
+/// `v.starts_with(prefix)`, compared with [`eq_bytes`].
+#[inline]
+pub fn starts_with_bytes(v: &[u8], prefix: &[u8]) -> bool {
+    v.get(..prefix.len()).is_some_and(|h| eq_bytes(h, prefix))
+}
+
+/// `v.ends_with(suffix)`, compared with [`eq_bytes`].
+#[inline]
+pub fn ends_with_bytes(v: &[u8], suffix: &[u8]) -> bool {
+    v.len()
+        .checked_sub(suffix.len())
+        .and_then(|at| v.get(at..))
+        .is_some_and(|t| eq_bytes(t, suffix))
 }
 
 /// `raw`, ASCII-lower-cased, equals `lower` (already lower-case).
@@ -1068,8 +1072,9 @@ mod tests {
         }
     }
 
-    /// `eq_bytes` (eight bytes at a time) and `eq_lower` say what `==` and
-    /// `eq_ignore_ascii_case` say, for every length around the word size and
+    /// `eq_bytes` (eight bytes at a time), `eq_lower`, `starts_with_bytes`
+    /// and `ends_with_bytes` say what `==`, `eq_ignore_ascii_case`,
+    /// `starts_with` and `ends_with` say, for every length around the word size and
     /// a difference at every position.
     #[test]
     fn fast_compares_agree_with_the_plain_ones() {
@@ -1084,6 +1089,13 @@ mod tests {
                 b[at] = b'-';
                 assert!(!eq_bytes(&a, &b), "{len} {at}");
                 assert!(!eq_lower(&b, &a), "{len} {at}");
+            }
+            for cut in 0..=len + 1 {
+                let p = &a[..cut.min(len)];
+                let x = if cut > len { &b"-"[..] } else { p };
+                assert_eq!(starts_with_bytes(&a, x), a.starts_with(x), "{len} {cut}");
+                assert!(ends_with_bytes(&a, &a[len - p.len()..]), "{len} {cut}");
+                assert_eq!(ends_with_bytes(&a, x), a.ends_with(x), "{len} {cut}");
             }
         }
     }

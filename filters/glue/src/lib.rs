@@ -138,6 +138,7 @@ impl HeaderMapBytes {
         }
         walk
     }
+
     /// The serialized map.
     pub fn bytes(&self) -> &[u8] {
         &self.0

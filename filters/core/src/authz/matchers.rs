@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use regex_lite::Regex;
 
-use crate::http_match::eq_bytes;
+use crate::http_match::{ends_with_bytes, eq_bytes, starts_with_bytes};
 
 /// Envoy `StringMatcher` (the forms istiod emits). `ignore_case` lowers both
 /// sides (ASCII only, like absl::EqualsIgnoreCase).
@@ -83,12 +83,8 @@ impl StrMatch {
         match self {
             // Word-at-a-time compares: `==` on slices is a byte loop in wasm.
             StrMatch::Exact(s) => eq_bytes(v, s.as_bytes()),
-            StrMatch::Prefix(s) => v.get(..s.len()).is_some_and(|h| eq_bytes(h, s.as_bytes())),
-            StrMatch::Suffix(s) => v
-                .len()
-                .checked_sub(s.len())
-                .and_then(|at| v.get(at..))
-                .is_some_and(|t| eq_bytes(t, s.as_bytes())),
+            StrMatch::Prefix(s) => starts_with_bytes(v, s.as_bytes()),
+            StrMatch::Suffix(s) => ends_with_bytes(v, s.as_bytes()),
             StrMatch::Regex(r) => match std::str::from_utf8(v) {
                 Ok(s) => r.is_match(s),
                 Err(_) => r.is_match(&String::from_utf8_lossy(v)),
@@ -99,16 +95,8 @@ impl StrMatch {
         }
     }
 
-    /// Case-insensitive form: the pattern was lower-cased at compile time.
-    pub fn matches_ignore_case(&self, v: &str) -> bool {
-        if v.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.matches(&v.to_ascii_lowercase())
-        } else {
-            self.matches(v)
-        }
-    }
-
-    /// [`StrMatch::matches_ignore_case`] for a value as bytes.
+    /// Case-insensitive form of [`StrMatch::matches_bytes`]: the pattern was
+    /// lower-cased at compile time.
     pub fn matches_bytes_ignore_case(&self, v: &[u8]) -> bool {
         if v.iter().any(|b| b.is_ascii_uppercase()) {
             self.matches_bytes(&v.to_ascii_lowercase())

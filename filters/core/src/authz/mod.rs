@@ -357,10 +357,9 @@ pub struct Shadow<'a> {
     pub policy_id: Option<&'a str>,
 }
 
-/// The enforced result of AUDIT, DENY and ALLOW for one request.
+/// The enforced result of AUDIT, DENY and ALLOW for one request. Policy ids
+/// are borrowed from the compiled policies: a request allocates nothing for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-/// Policy ids are borrowed from the compiled policies: a request allocates
-/// nothing for them.
 pub struct Decision<'a> {
     pub allowed: bool,
     /// The policy that decided: the matching DENY policy, or the matching
