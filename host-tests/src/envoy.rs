@@ -235,15 +235,22 @@ impl Envoy {
     /// bench fragment (`bench/<filter>.yaml`, and `bench/<filter>.clusters.yaml`
     /// when there is one), as `make bench` runs it.
     pub fn bench_fragment(filter: &str) -> EnvoyBuilder {
+        let (listeners, clusters) = Self::bench_fragment_yaml(filter);
+        Self::from_file("bench.yaml")
+            .var("FILTER_LISTENERS", &listeners)
+            .var("FILTER_CLUSTERS", &clusters)
+    }
+
+    /// One filter's bench fragment as text: its listeners (`bench/<filter>.yaml`)
+    /// and its extra clusters (`bench/<filter>.clusters.yaml`, empty when absent).
+    pub fn bench_fragment_yaml(filter: &str) -> (String, String) {
         let dir = paths::config_dir().join("bench");
         let path = dir.join(format!("{filter}.yaml"));
         let listeners =
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let clusters =
             fs::read_to_string(dir.join(format!("{filter}.clusters.yaml"))).unwrap_or_default();
-        Self::from_file("bench.yaml")
-            .var("FILTER_LISTENERS", &listeners)
-            .var("FILTER_CLUSTERS", &clusters)
+        (listeners, clusters)
     }
 
     /// A config given as text (same placeholders).

@@ -432,14 +432,12 @@ fn main() {
         if !o.filters.is_empty() && !o.filters.contains(&group) {
             continue;
         }
-        let yaml = bench_dir.join(format!("{group}.yaml"));
         let frag: Fragment = serde_json::from_str(&fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        listeners.push_str(
-            &fs::read_to_string(&yaml).unwrap_or_else(|e| panic!("{}: {e}", yaml.display())),
-        );
+        let (l, c) = Envoy::bench_fragment_yaml(&group);
+        listeners.push_str(&l);
         listeners.push('\n');
-        if let Ok(c) = fs::read_to_string(bench_dir.join(format!("{group}.clusters.yaml"))) {
+        if !c.is_empty() {
             clusters.push_str(&c);
             clusters.push('\n');
         }
