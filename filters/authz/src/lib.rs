@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshwasm_core::authz::matchers::parse_socket_ip;
 use meshwasm_core::authz::metadata::{filter_metadata_from_proto, payload_from_filter_state};
-use meshwasm_core::authz::{strip_query, Authz, ExtAuthzOutcome, ExtAuthzSettings, RequestAttrs};
+use meshwasm_core::authz::{Authz, ExtAuthzOutcome, ExtAuthzSettings, RequestAttrs};
 use meshwasm_core::jwt::FILTER_STATE_PAYLOAD;
 use meshwasm_glue as glue;
 use proxy_wasm::hostcalls;
@@ -113,7 +113,6 @@ struct View {
     metadata: Option<Option<Vec<u8>>>,
     filter_meta: Vec<(String, Option<Value>)>,
     jwt: Option<Option<Value>>,
-    url_path: Option<Option<String>>,
 }
 
 impl View {
@@ -130,7 +129,6 @@ impl View {
             metadata: None,
             filter_meta: Vec::new(),
             jwt: None,
-            url_path: None,
         }
     }
 
@@ -179,12 +177,8 @@ impl RequestAttrs for View {
         self.headers().any(slot, name, pred)
     }
 
-    fn url_path(&mut self) -> Option<&str> {
-        if self.url_path.is_none() {
-            let path = self.headers().path().map(|p| strip_query(&p).to_string());
-            self.url_path = Some(path);
-        }
-        self.url_path.as_ref().and_then(|p| p.as_deref())
+    fn url_path(&mut self) -> Option<&[u8]> {
+        self.headers().url_path()
     }
 
     fn direct_ip(&mut self) -> Option<IpAddr> {

@@ -622,13 +622,39 @@ pub fn ends_with_bytes(v: &[u8], suffix: &[u8]) -> bool {
         .is_some_and(|t| eq_bytes(t, suffix))
 }
 
-/// `raw`, ASCII-lower-cased, equals `lower` (already lower-case).
-fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
-    raw.len() == lower.len()
-        && raw
-            .iter()
-            .zip(lower)
-            .all(|(r, l)| r.to_ascii_lowercase() == *l)
+/// `raw`, ASCII-lower-cased, equals `lower` (already lower-case): eight bytes
+/// at a time, like [`eq_bytes`].
+pub fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
+    if raw.len() != lower.len() {
+        return false;
+    }
+    let (mut r8, mut l8) = (raw.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut r8).zip(&mut l8) {
+        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
+            return false;
+        };
+        if lower8(u64::from_le_bytes(x)) != u64::from_le_bytes(y) {
+            return false;
+        }
+    }
+    r8.remainder()
+        .iter()
+        .zip(l8.remainder())
+        .all(|(r, l)| r.to_ascii_lowercase() == *l)
+}
+
+/// Eight bytes with their ASCII capitals lower-cased (bytes from 0x80 kept).
+#[inline]
+fn lower8(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HIGH;
+    // Each byte's high bit set where its low seven bits are >= 'A', and > 'Z'
+    // (no carry crosses a byte: at most 127 + 63).
+    let ge_a = low7 + ONES * (0x80 - b'A' as u64);
+    let gt_z = low7 + ONES * (0x80 - b'Z' as u64 - 1);
+    let upper = ge_a & !gt_z & !x & HIGH;
+    x | (upper >> 2)
 }
 
 fn parse_query(path: &[u8]) -> Vec<(&[u8], &[u8])> {
@@ -1096,6 +1122,34 @@ mod tests {
                 assert_eq!(starts_with_bytes(&a, x), a.starts_with(x), "{len} {cut}");
                 assert!(ends_with_bytes(&a, &a[len - p.len()..]), "{len} {cut}");
                 assert_eq!(ends_with_bytes(&a, x), a.ends_with(x), "{len} {cut}");
+            }
+        }
+    }
+
+    /// The word-at-a-time lower-casing agrees with `to_ascii_lowercase` for
+    /// every byte value at every position of a word, next to every other
+    /// value (a carry crossing bytes would show there), and so `eq_lower`
+    /// agrees with lower-casing then comparing.
+    #[test]
+    fn lower8_is_to_ascii_lowercase_for_every_byte() {
+        for at in 0..8 {
+            for b in 0..=255u8 {
+                for fill in [0u8, b'@', b'A', b'Z', b'[', b'z', 0x7f, 0x80, 0xc1, 0xff] {
+                    let mut w = [fill; 8];
+                    w[at] = b;
+                    let want = u64::from_le_bytes(w.to_ascii_lowercase().try_into().unwrap());
+                    assert_eq!(lower8(u64::from_le_bytes(w)), want, "{w:?}");
+                    let raw: Vec<u8> = [&w[..], &w[..at]].concat();
+                    assert!(eq_lower(&raw, &raw.to_ascii_lowercase()), "{raw:?}");
+                    let other = if b == b'q' { b'r' } else { b'q' };
+                    let mut lower = raw.to_ascii_lowercase();
+                    lower[at] = other;
+                    assert_eq!(
+                        eq_lower(&raw, &lower),
+                        raw.eq_ignore_ascii_case(&lower),
+                        "{raw:?} {lower:?}"
+                    );
+                }
             }
         }
     }

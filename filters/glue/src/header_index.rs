@@ -1,27 +1,36 @@
 //! The request header map indexed by a fixed list of names (a filter's
-//! compiled header slots): read once, each name's values linked in the
-//! host's order, handed out in place without copying.
+//! compiled header slots): read once, walked once, each name's first value
+//! found without comparing names again, values handed out in place.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
+use meshwasm_core::authz::strip_query;
 use meshwasm_core::http_match::eq_bytes;
 
 use crate::HeaderMapBytes;
 
-/// "No pair" in the links.
-const NONE: u32 = u32::MAX;
+/// Where one slot's name first appears in the map.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The first value's range in the map; `start == u32::MAX` when absent.
+    start: u32,
+    end: u32,
+    /// The name appears again later (the rare case: then `any` walks the map).
+    repeated: bool,
+}
+
+const ABSENT: Slot = Slot {
+    start: u32::MAX,
+    end: 0,
+    repeated: false,
+};
 
 pub struct HeaderIndex {
     map: HeaderMapBytes,
-    ranges: Vec<(Range<usize>, Range<usize>)>,
-    /// One allocation for two lists: per slot (index into the names it was
-    /// built with) its first pair, then per pair the next pair of its slot.
-    links: Vec<u32>,
-    /// How many slots `links` starts with.
-    slots: usize,
-    /// The first `:path` pair.
-    path: Option<usize>,
+    /// Per slot (index into the names it was built with).
+    slots: Vec<Slot>,
+    /// The first `:path` value, and where its query or fragment starts.
+    path: Option<(Range<usize>, usize)>,
 }
 
 impl HeaderIndex {
@@ -32,36 +41,44 @@ impl HeaderIndex {
 
     /// Indexes `map` by `names` (lower-case, as Envoy sends header names).
     pub fn new(map: HeaderMapBytes, names: &[String]) -> HeaderIndex {
-        let ranges = map.ranges();
-        let slots = names.len();
-        let mut links = vec![NONE; slots.saturating_add(ranges.len())];
+        let mut slots = vec![ABSENT; names.len()];
         let mut path = None;
+        // The names' lengths (63 and longer share a bit): most pairs are
+        // passed over without comparing their name with any.
+        let lengths = names.iter().fold(0u64, |m, s| m | 1 << s.len().min(63));
         let b = map.bytes();
-        // Backwards, so each slot's list ends up in the host's order.
-        for (i, (n, _)) in ranges.iter().enumerate().rev() {
-            let Some(name) = b.get(n.clone()) else {
+        for (n, v) in map.walk() {
+            let Some(name) = b.get(n) else {
                 continue;
             };
-            if eq_bytes(name, b":path") {
-                path = Some(i);
+            if path.is_none() && eq_bytes(name, b":path") {
+                let url_end = b
+                    .get(v.clone())
+                    .map_or(0, |p| strip_query(p).len())
+                    .saturating_add(v.start);
+                path = Some((v.clone(), url_end));
             }
-            if let Some(slot) = names.iter().position(|s| eq_bytes(s.as_bytes(), name)) {
-                let head = links.get(slot).copied().unwrap_or(NONE);
-                if let Some(x) = links.get_mut(slots.saturating_add(i)) {
-                    *x = head;
-                }
-                if let Some(f) = links.get_mut(slot) {
-                    *f = i as u32;
-                }
+            if lengths >> name.len().min(63) & 1 == 0 {
+                continue;
+            }
+            let Some(slot) = names
+                .iter()
+                .position(|s| eq_bytes(s.as_bytes(), name))
+                .and_then(|i| slots.get_mut(i))
+            else {
+                continue;
+            };
+            if slot.start != u32::MAX {
+                slot.repeated = true;
+            } else if let (Ok(start), Ok(end)) = (u32::try_from(v.start), u32::try_from(v.end)) {
+                *slot = Slot {
+                    start,
+                    end,
+                    repeated: false,
+                };
             }
         }
-        HeaderIndex {
-            map,
-            ranges,
-            links,
-            slots,
-            path,
-        }
+        HeaderIndex { map, slots, path }
     }
 
     /// Whether any value of the header in `slot` satisfies `pred`, in order,
@@ -73,38 +90,47 @@ impl HeaderIndex {
         name: &str,
         pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool> {
-        let head = (slot < self.slots).then(|| self.links.get(slot).copied());
-        let Some(Some(head)) = head else {
-            let b = self.map.bytes();
-            let mut found = None;
-            for (j, (n, _)) in self.ranges.iter().enumerate() {
-                if b.get(n.clone())
-                    .is_some_and(|n| eq_bytes(n, name.as_bytes()))
-                {
-                    if self.value(j).is_some_and(&mut *pred) {
-                        return Some(true);
-                    }
-                    found = Some(false);
-                }
-            }
-            return found;
+        let Some(s) = self.slots.get(slot) else {
+            return self.any_by_name(name, 0, pred);
         };
-        if head == NONE {
+        if s.start == u32::MAX {
             return None;
         }
-        let mut i = head;
-        while i != NONE {
-            let at = i as usize;
-            if self.value(at).is_some_and(&mut *pred) {
+        let first = self.map.bytes().get(s.start as usize..s.end as usize);
+        if first.is_some_and(&mut *pred) {
+            return Some(true);
+        }
+        if !s.repeated {
+            return Some(false);
+        }
+        // The later values: every value of `name` but the first.
+        Some(self.any_by_name(name, 1, pred).unwrap_or(false))
+    }
+
+    /// `any` by comparing names, skipping the first `skip` values.
+    fn any_by_name(
+        &self,
+        name: &str,
+        skip: usize,
+        pred: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<bool> {
+        let b = self.map.bytes();
+        let mut found = None;
+        let mut seen = 0usize;
+        for (n, v) in self.map.walk() {
+            if !b.get(n).is_some_and(|n| eq_bytes(n, name.as_bytes())) {
+                continue;
+            }
+            seen += 1;
+            if seen <= skip {
+                continue;
+            }
+            if b.get(v).is_some_and(&mut *pred) {
                 return Some(true);
             }
-            i = self
-                .links
-                .get(self.slots.saturating_add(at))
-                .copied()
-                .unwrap_or(NONE);
+            found = Some(false);
         }
-        Some(false)
+        found
     }
 
     /// Every `(name, value)` pair, in the host's order (see
@@ -113,21 +139,19 @@ impl HeaderIndex {
         self.map.pairs()
     }
 
-    /// The first `:path` value.
-    pub fn path(&self) -> Option<Cow<'_, str>> {
-        self.path.and_then(|i| self.value(i)).map(text)
+    /// The first `:path` value, as the host sent it.
+    pub fn path(&self) -> Option<&[u8]> {
+        self.path
+            .as_ref()
+            .and_then(|(v, _)| self.map.bytes().get(v.clone()))
     }
 
-    fn value(&self, i: usize) -> Option<&[u8]> {
-        self.map.bytes().get(self.ranges.get(i)?.1.clone())
-    }
-}
-
-/// A header value as text: in place when UTF-8 (nearly always), else lossy.
-fn text(v: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(v) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(v),
+    /// The first `:path` without query and fragment (Envoy
+    /// `PathUtil::removeQueryAndFragment`), found once when indexing.
+    pub fn url_path(&self) -> Option<&[u8]> {
+        self.path
+            .as_ref()
+            .and_then(|(v, end)| self.map.bytes().get(v.start..*end))
     }
 }
 
@@ -183,7 +207,8 @@ mod tests {
             Some(true)
         );
         assert_eq!(calls, 1);
-        assert_eq!(ix.path().as_deref(), Some("/a?b"));
+        assert_eq!(ix.path(), Some(&b"/a?b"[..]));
+        assert_eq!(ix.url_path(), Some(&b"/a"[..]));
     }
 
     #[test]
@@ -192,6 +217,7 @@ mod tests {
         let ix = HeaderIndex::new(HeaderMapBytes(Vec::new()), &names);
         assert_eq!(ix.any(0, "x", &mut |_| true), None);
         assert_eq!(ix.path(), None);
+        assert_eq!(ix.url_path(), None);
         let mut bad = serialize(&[("x", b"1")]);
         bad.truncate(bad.len() - 2);
         let ix = HeaderIndex::new(HeaderMapBytes(bad), &names);

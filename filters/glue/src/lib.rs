@@ -116,16 +116,9 @@ impl HeaderMapBytes {
     }
 
     /// Where each pair's name and value are in [`HeaderMapBytes::bytes`], in the
-    /// host's order (see [`HeaderMapBytes::pairs`] for the format): an index a
-    /// caller can keep beside the buffer and read from lazily.
-    pub fn ranges(&self) -> Vec<(Range<usize>, Range<usize>)> {
-        let walk = self.walk();
-        let mut out = Vec::with_capacity(walk.len_hint());
-        out.extend(walk);
-        out
-    }
-
-    fn walk(&self) -> PairRanges<'_> {
+    /// host's order (see [`HeaderMapBytes::pairs`] for the format), walked
+    /// without allocating.
+    pub(crate) fn walk(&self) -> PairRanges<'_> {
         let mut walk = PairRanges {
             b: &self.0,
             i: 0,

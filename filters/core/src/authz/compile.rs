@@ -199,6 +199,9 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
         }
         pol.path_guard = path_guard(&pol.permissions);
     }
+    for engine in authz.engines_mut() {
+        engine.index_guards();
+    }
     authz.header_names = header_names;
     authz.needs = needs;
     Ok(authz)

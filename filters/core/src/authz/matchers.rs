@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use regex_lite::Regex;
 
-use crate::http_match::{ends_with_bytes, eq_bytes, starts_with_bytes};
+use crate::http_match::{ends_with_bytes, eq_bytes, eq_lower, starts_with_bytes};
 
 /// Envoy `StringMatcher` (the forms istiod emits). `ignore_case` lowers both
 /// sides (ASCII only, like absl::EqualsIgnoreCase).
@@ -98,10 +98,19 @@ impl StrMatch {
     /// Case-insensitive form of [`StrMatch::matches_bytes`]: the pattern was
     /// lower-cased at compile time.
     pub fn matches_bytes_ignore_case(&self, v: &[u8]) -> bool {
-        if v.iter().any(|b| b.is_ascii_uppercase()) {
-            self.matches_bytes(&v.to_ascii_lowercase())
-        } else {
-            self.matches_bytes(v)
+        match self {
+            // Compared lower-cased in place, eight bytes at a time.
+            StrMatch::Exact(s) => eq_lower(v, s.as_bytes()),
+            StrMatch::Prefix(s) => v.get(..s.len()).is_some_and(|h| eq_lower(h, s.as_bytes())),
+            StrMatch::Suffix(s) => v
+                .len()
+                .checked_sub(s.len())
+                .and_then(|at| v.get(at..))
+                .is_some_and(|t| eq_lower(t, s.as_bytes())),
+            _ if v.iter().any(u8::is_ascii_uppercase) => {
+                self.matches_bytes(&v.to_ascii_lowercase())
+            }
+            _ => self.matches_bytes(v),
         }
     }
 
@@ -286,6 +295,55 @@ mod tests {
         assert!(StrMatch::regex("ab.").unwrap().matches_bytes(raw));
         assert!(!StrMatch::regex("ab").unwrap().matches_bytes(raw));
         assert!(StrMatch::Prefix("ab".into()).matches_bytes_ignore_case(b"AB\xff"));
+    }
+
+    /// Case-insensitive exact, prefix and suffix (patterns lower-cased at
+    /// compile time, values compared in place) say what lower-casing the
+    /// value and comparing says, for values around the word size, mixed case
+    /// and bytes that are not ASCII.
+    #[test]
+    fn ignore_case_compares_agree_with_lowercasing_first() {
+        let values: [&[u8]; 12] = [
+            b"",
+            b"A",
+            b"Example.COM",
+            b"example.com:8080",
+            b"WWW.EXAMPLE.COM",
+            b"127.0.0.1:10000",
+            b"LOCALHOST",
+            b"localhost",
+            b"\xc3\x89X.example.COM",
+            b"Exa\xffmple.com",
+            b"[",
+            b"@Z`z{",
+        ];
+        let patterns = [
+            "",
+            "a",
+            "example.com",
+            ".example.com",
+            "localhost",
+            "127.0.0.1:",
+            "www.",
+            "@z`z{",
+            "\u{c9}x",
+        ];
+        for p in patterns {
+            for m in [
+                StrMatch::Exact(p.into()),
+                StrMatch::Prefix(p.into()),
+                StrMatch::Suffix(p.into()),
+            ] {
+                let m = m.lowercased();
+                for v in values {
+                    assert_eq!(
+                        m.matches_bytes_ignore_case(v),
+                        m.matches_bytes(&v.to_ascii_lowercase()),
+                        "{m:?} on {v:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

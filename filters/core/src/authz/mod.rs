@@ -11,6 +11,7 @@
 mod compile;
 pub mod config;
 pub mod ext_authz;
+mod guard;
 pub mod matchers;
 pub mod metadata;
 
@@ -22,6 +23,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::config::{from_json, ConfigError};
+use crate::http_match::starts_with_bytes;
 pub use compile::ExtAuthzSettings;
 pub use config::{Action, AuthzConfig};
 pub use ext_authz::ExtAuthzOutcome;
@@ -43,9 +45,10 @@ pub trait RequestAttrs {
         name: &str,
         pred: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Option<bool>;
-    /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`);
-    /// hosts compute it once per request (see [`strip_query`]).
-    fn url_path(&mut self) -> Option<&str>;
+    /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`),
+    /// as bytes like header values; hosts compute it once per request (see
+    /// [`strip_query`]).
+    fn url_path(&mut self) -> Option<&[u8]>;
     /// The direct peer (Envoy `direct_remote_ip`); None when the host cannot
     /// tell (see docs: the remote address came from `x-forwarded-for`).
     fn direct_ip(&mut self) -> Option<IpAddr>;
@@ -150,15 +153,37 @@ pub(crate) struct Engine {
     /// no match in ALLOW and AUDIT ones, so an unknown address never opens a
     /// door a known one would keep shut.
     pub unknown_peer_matches: bool,
+    /// The policies' path guards as one trie, when enough have one
+    /// (`guard::MIN_GUARDED`); set at compile time.
+    pub guard_index: Option<guard::GuardIndex>,
 }
 
 impl Engine {
     /// The first matching policy's id (Envoy reports the first match too).
     fn first_match<R: RequestAttrs + ?Sized>(&self, req: &mut R) -> Option<&str> {
-        self.policies
+        let Some(index) = &self.guard_index else {
+            return self
+                .policies
+                .iter()
+                .find(|p| p.path_may_match(req) && self.matches(p, req))
+                .map(|p| p.id.as_str());
+        };
+        // Only the policies whose guard admits the path (and those without one).
+        let candidates = index.candidates(req.url_path());
+        let found = candidates
             .iter()
-            .find(|p| p.path_may_match(req) && p.matches(req).unwrap_or(self.unknown_peer_matches))
-            .map(|p| p.id.as_str())
+            .filter_map(|i| self.policies.get(i))
+            .find(|p| self.matches(p, req));
+        found.map(|p| p.id.as_str())
+    }
+
+    fn matches<R: RequestAttrs + ?Sized>(&self, p: &Policy, req: &mut R) -> bool {
+        p.matches(req).unwrap_or(self.unknown_peer_matches)
+    }
+
+    /// Builds the guard trie when it pays (see `guard::MIN_GUARDED`).
+    pub(crate) fn index_guards(&mut self) {
+        self.guard_index = guard::GuardIndex::build(&self.policies);
     }
 }
 
@@ -172,7 +197,7 @@ impl Policy {
             None => true,
             Some(prefixes) => req
                 .url_path()
-                .is_some_and(|p| prefixes.iter().any(|x| p.starts_with(x.as_str()))),
+                .is_some_and(|p| prefixes.iter().any(|x| starts_with_bytes(p, x.as_bytes()))),
         }
     }
 
@@ -263,7 +288,7 @@ impl Leaf {
                     })
                     .unwrap_or(false),
             },
-            Leaf::Path(m) => req.url_path().is_some_and(|p| m.matches(p)),
+            Leaf::Path(m) => req.url_path().is_some_and(|p| m.matches_bytes(p)),
             Leaf::DestPort(p) => req.destination_port() == Some(*p),
             Leaf::DirectIp(c) => req.direct_ip().is_some_and(|ip| c.contains(ip)),
             Leaf::RemoteIp(c) => req.remote_ip().is_some_and(|ip| c.contains(ip)),
@@ -323,12 +348,12 @@ impl Leaf {
 }
 
 /// Envoy `PathUtil::removeQueryAndFragment`.
-pub fn strip_query(path: &str) -> &str {
+pub fn strip_query(path: &[u8]) -> &[u8] {
     let end = path
-        .bytes()
-        .position(|b| b == b'?' || b == b'#')
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
         .unwrap_or(path.len());
-    &path[..end]
+    path.get(..end).unwrap_or(path)
 }
 
 /// Compiled policies for one plugin configuration.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
+use super::guard::GuardIndex;
 use super::*;
 
 /// A request as the glue would present it.
@@ -33,11 +34,11 @@ impl RequestAttrs for Req {
             .get(name)
             .map(|values| values.iter().any(|v| pred(v.as_bytes())))
     }
-    fn url_path(&mut self) -> Option<&str> {
+    fn url_path(&mut self) -> Option<&[u8]> {
         self.headers
             .get(":path")
             .and_then(|v| v.first())
-            .map(|p| strip_query(p))
+            .map(|p| strip_query(p.as_bytes()))
     }
     fn direct_ip(&mut self) -> Option<IpAddr> {
         self.direct
@@ -1396,7 +1397,24 @@ fn path_guard_never_changes_a_decision() {
             json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/b1*"]}}]}]}),
         ),
     ];
+    // As compiled (the ALLOW engine has enough guards for a trie, DENY not).
     let guarded = authz(policies.clone());
+    assert!(guarded
+        .allow
+        .as_ref()
+        .is_some_and(|e| e.guard_index.is_some()));
+    assert!(guarded.deny.guard_index.is_none());
+    // Every guard tested one by one.
+    let mut unindexed = authz(policies.clone());
+    for e in unindexed.engines_mut() {
+        e.guard_index = None;
+    }
+    // Every engine with a guard walks a trie.
+    let mut indexed = authz(policies.clone());
+    for e in indexed.engines_mut() {
+        e.guard_index = GuardIndex::build_with_min(&e.policies, 1);
+    }
+    assert!(indexed.deny.guard_index.is_some());
     let mut plain = authz(policies);
     let with_guard = plain
         .engines_mut()
@@ -1404,8 +1422,11 @@ fn path_guard_never_changes_a_decision() {
         .filter(|p| p.path_guard.is_some())
         .count();
     assert!(with_guard >= 8, "{with_guard} policies have a guard");
-    for p in plain.engines_mut().flat_map(|e| e.policies.iter_mut()) {
-        p.path_guard = None;
+    for e in plain.engines_mut() {
+        e.guard_index = None;
+        for p in &mut e.policies {
+            p.path_guard = None;
+        }
     }
     let paths = [
         "/",
@@ -1446,13 +1467,19 @@ fn path_guard_never_changes_a_decision() {
                     let r = r.peer("spiffe://cluster.local/ns/a/sa/b");
                     let mut no_path = r.clone();
                     no_path.headers.remove(":path");
-                    for mut r in [r, no_path] {
+                    for r in [r, no_path] {
                         let want = plain.evaluate(&mut r.clone());
-                        assert_eq!(
-                            guarded.evaluate(&mut r),
-                            want,
-                            "{method} {path:?} {direct:?} {k:?}"
-                        );
+                        for (name, a) in [
+                            ("compiled", &guarded),
+                            ("unindexed", &unindexed),
+                            ("indexed", &indexed),
+                        ] {
+                            assert_eq!(
+                                a.evaluate(&mut r.clone()),
+                                want,
+                                "{name}: {method} {path:?} {direct:?} {k:?}"
+                            );
+                        }
                         n += 1;
                     }
                 }
@@ -1460,4 +1487,63 @@ fn path_guard_never_changes_a_decision() {
         }
     }
     assert_eq!(n, 24 * 2 * 3 * 2 * 2);
+}
+
+/// The guard trie keeps policy order across many policies (candidate sets
+/// of several words, on the stack up to 256 policies and on the heap past
+/// them): the first match is the one the policies without guards give.
+#[test]
+fn guard_trie_keeps_policy_order_across_words() {
+    for count in [70usize, 300] {
+        let mut policies = Vec::new();
+        for i in 0..count {
+            // `/p<i>/` belongs to one policy; `/q/<n>` to every seventh, and
+            // `/r1*` admits `/r10` too: overlapping guards keep their order.
+            let paths = json!([
+                format!("/p{i}/*"),
+                format!("/q/{}", i % 7),
+                format!("/r{i}*")
+            ]);
+            let mut rule = json!({"to": [{"operation": {"paths": paths}}]});
+            if i % 5 == 0 {
+                rule["when"] = json!([{"key": "request.headers[x-k]", "values": ["1"]}]);
+            }
+            policies.push(policy(&format!("p{i}"), json!({"rules": [rule]})));
+        }
+        // One without a guard, at the end: a candidate for every path.
+        policies.push(policy(
+            "any-post",
+            json!({"rules": [{"to": [{"operation": {"methods": ["POST"]}}]}]}),
+        ));
+        let indexed = authz(policies.clone());
+        assert!(indexed
+            .allow
+            .as_ref()
+            .is_some_and(|e| e.guard_index.is_some()));
+        let mut plain = authz(policies);
+        for e in plain.engines_mut() {
+            e.guard_index = None;
+            for p in &mut e.policies {
+                p.path_guard = None;
+            }
+        }
+        for path in [
+            "/p0/", "/p1/x", "/p10/x", "/p63/x", "/p64/x", "/p65/", "/p199/x", "/p255/x",
+            "/p256/x", "/p299/z", "/p299", "/q/3", "/q/9", "/r10", "/r299", "/z", "/",
+        ] {
+            for method in ["GET", "POST"] {
+                for k in [false, true] {
+                    let mut r = req(method, path);
+                    if k {
+                        r = r.h("x-k", "1");
+                    }
+                    assert_eq!(
+                        indexed.evaluate(&mut r.clone()),
+                        plain.evaluate(&mut r),
+                        "{count} policies: {method} {path} x-k {k}"
+                    );
+                }
+            }
+        }
+    }
 }
