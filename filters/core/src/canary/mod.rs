@@ -26,6 +26,8 @@
 pub mod choice;
 pub mod headers;
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, FieldPath};
@@ -328,8 +330,9 @@ pub struct Routed<'a> {
     /// The subset header value (= the response header value).
     pub label: &'a str,
     pub label_index: usize,
-    /// The cluster name for `clusterHeader`.
-    pub cluster: String,
+    /// The cluster name for `clusterHeader`: the compiled one when it does
+    /// not depend on the listener port (nothing built per request).
+    pub cluster: Cow<'a, str>,
     /// True when the sticky key decided (not the random source).
     pub sticky: bool,
     /// Request header parsers, in the order Envoy evaluates them.
@@ -501,12 +504,12 @@ impl Canary {
         };
         let d = &route.destinations[di];
         let cluster = match &d.cluster {
-            Some(c) => c.clone(),
-            None => self.routing.cluster_name.render(
+            Some(c) => Cow::Borrowed(c.as_str()),
+            None => Cow::Owned(self.routing.cluster_name.render(
                 d.port.or(listener_port),
                 d.subset.as_deref().unwrap_or(""),
                 &d.host,
-            ),
+            )),
         };
         Decision::Routed(Routed {
             route_index: ri,

@@ -244,7 +244,7 @@ fn cluster_names() {
         if let Decision::Routed(r) =
             c.decide(&RequestView::new(&req("/", "h", &[])), Some(8443), &mut rng)
         {
-            seen.insert((r.label.to_string(), r.cluster));
+            seen.insert((r.label.to_string(), r.cluster.into_owned()));
         }
     }
     let want: std::collections::BTreeSet<_> = [
