@@ -11,6 +11,9 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// Headers whose values are bytes that need not be UTF-8 (RFC 9110
+    /// obs-text), written after `headers`.
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
 }
 
@@ -20,6 +23,7 @@ impl Request {
             method: method.to_string(),
             path: path.to_string(),
             headers: Vec::new(),
+            raw_headers: Vec::new(),
             body: Vec::new(),
         }
     }
@@ -32,6 +36,12 @@ impl Request {
     /// replaces the default `host: localhost`.
     pub fn header(mut self, name: &str, value: &str) -> Request {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds a header whose value is raw bytes (after the text headers).
+    pub fn raw_header(mut self, name: &str, value: &[u8]) -> Request {
+        self.raw_headers.push((name.to_string(), value.to_vec()));
         self
     }
 
@@ -53,6 +63,11 @@ impl Request {
         }
         for (k, v) in &self.headers {
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        for (k, v) in &self.raw_headers {
+            out.extend_from_slice(format!("{k}: ").as_bytes());
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
         }
         if !self.body.is_empty() && !self.has_header("content-length") {
             out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());

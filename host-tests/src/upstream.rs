@@ -182,23 +182,30 @@ impl Upstream {
     }
 }
 
-/// Reads one request; None at a clean end of the connection.
-fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
+/// One line without its end; None at the end of the connection. Bytes that
+/// are not UTF-8 (obs-text in a header value) are read lossily, as U+FFFD.
+fn read_text_line(r: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line)? == 0 {
         return Ok(None);
     }
-    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    let line = String::from_utf8_lossy(&line);
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+}
+
+/// Reads one request; None at a clean end of the connection.
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
+    let Some(line) = read_text_line(r)? else {
+        return Ok(None);
+    };
     let mut parts = line.split(' ');
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 {
+        let Some(h) = read_text_line(r)? else {
             return Ok(None);
-        }
-        let h = h.trim_end_matches(['\r', '\n']);
+        };
         if h.is_empty() {
             break;
         }

@@ -247,7 +247,7 @@ fn set_allow_nothing() -> PolicySet {
 /// `when` request.headers: exact/prefix/suffix/presence, notValues, duplicates.
 fn set_headers() -> PolicySet {
     let spec = json!({"rules": [
-        {"when": [{"key": "request.headers[X-Token]", "values": ["exact", "pre*", "*suf", "a,b"]}]},
+        {"when": [{"key": "request.headers[X-Token]", "values": ["exact", "pre*", "*suf", "a,b", "x\u{fffd}"]}]},
         {"when": [{"key": "request.headers[x-present]", "values": ["*"]}]},
         {"to": [{"operation": {"paths": ["/not"]}}], "when": [{"key": "request.headers[x-user]", "notValues": ["bad", "worse*"]}]}
     ]});
@@ -263,6 +263,7 @@ fn set_headers() -> PolicySet {
                         header("X-Token", prefix("pre")),
                         header("X-Token", suffix("suf")),
                         header("X-Token", exact("a,b")),
+                        header("X-Token", exact("x\u{fffd}")),
                     ])])],
                 ),
             ),
@@ -329,6 +330,49 @@ fn set_headers() -> PolicySet {
                 403,
             ),
             expect("single value a,b", get("/").header("x-token", "a,b"), 200),
+            // Values that are not UTF-8 (obs-text): RBAC compares bytes.
+            expect(
+                "prefix, then a byte that is not UTF-8",
+                get("/").raw_header("x-token", b"pre\xff"),
+                200,
+            ),
+            expect(
+                "suffix after a byte that is not UTF-8",
+                get("/").raw_header("x-token", b"\xe9suf"),
+                200,
+            ),
+            expect(
+                "exact, then a byte that is not UTF-8",
+                get("/").raw_header("x-token", b"exact\xff"),
+                403,
+            ),
+            // Bytes, not text made from them: U+FFFD in the policy is not
+            // the byte it would stand for.
+            expect(
+                "exact U+FFFD, sent as U+FFFD",
+                get("/").header("x-token", "x\u{fffd}"),
+                200,
+            ),
+            expect(
+                "exact U+FFFD, sent as a byte that is not UTF-8",
+                get("/").raw_header("x-token", b"x\xff"),
+                403,
+            ),
+            expect(
+                "present, not UTF-8",
+                get("/").raw_header("x-present", b"\xc3("),
+                200,
+            ),
+            expect(
+                "notValues prefix, not UTF-8",
+                get("/not").raw_header("x-user", b"worse\x80"),
+                403,
+            ),
+            expect(
+                "notValues other, not UTF-8",
+                get("/not").raw_header("x-user", b"b\xe4d"),
+                200,
+            ),
             expect(
                 "present with empty value",
                 get("/").header("x-present", ""),
