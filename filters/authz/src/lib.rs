@@ -60,6 +60,8 @@ impl Metrics {
 #[derive(Default)]
 struct Root {
     authz: Option<Rc<Authz>>,
+    /// The header names the policies read, compiled for `glue::HeaderIndex`.
+    slots: Option<Rc<glue::HeaderSlots>>,
     metrics: Metrics,
 }
 
@@ -72,6 +74,7 @@ impl RootContext for Root {
         match Authz::from_json(bytes) {
             Ok(a) => {
                 self.metrics = Metrics::define();
+                self.slots = Some(Rc::new(glue::HeaderSlots::new(a.header_names())));
                 self.authz = Some(Rc::new(a));
                 true
             }
@@ -88,8 +91,9 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let authz = self.authz.clone()?;
+        let slots = self.slots.clone()?;
         Some(Box::new(Http {
-            view: View::new(authz.clone()),
+            view: View::new(authz.clone(), slots),
             authz,
             metrics: self.metrics,
             custom: None,
@@ -100,6 +104,7 @@ impl RootContext for Root {
 /// The request as policies see it; each field fetched at most once.
 struct View {
     authz: Rc<Authz>,
+    slots: Rc<glue::HeaderSlots>,
     /// The request headers: the whole map, read once on first use, because
     /// single-header reads cannot tell an empty value from an absent header
     /// (and each costs a host allocation in the VM).
@@ -116,9 +121,10 @@ struct View {
 }
 
 impl View {
-    fn new(authz: Rc<Authz>) -> View {
+    fn new(authz: Rc<Authz>, slots: Rc<glue::HeaderSlots>) -> View {
         View {
             authz,
+            slots,
             headers: None,
             remote: None,
             direct: None,
@@ -133,9 +139,9 @@ impl View {
     }
 
     fn headers(&mut self) -> &glue::HeaderIndex {
-        let names = self.authz.header_names();
+        let slots = &self.slots;
         self.headers
-            .get_or_insert_with(|| glue::HeaderIndex::read(names))
+            .get_or_insert_with(|| glue::HeaderIndex::read(slots))
     }
 
     /// Headers as (name, value) pairs for the ext_authz check request (repeated

@@ -9,6 +9,91 @@ use meshwasm_core::http_match::eq_bytes;
 
 use crate::HeaderMapBytes;
 
+/// A header name as a length and its first eight bytes (zero-padded) in one
+/// word: two integer compares tell most names apart, and decide names of up
+/// to eight bytes outright.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NameKey {
+    len: usize,
+    head: u64,
+}
+
+impl NameKey {
+    fn of(name: &[u8]) -> NameKey {
+        let mut w = [0u8; 8];
+        let k = name.len().min(8);
+        if let (Some(dst), Some(src)) = (w.get_mut(..k), name.get(..k)) {
+            dst.copy_from_slice(src);
+        }
+        NameKey {
+            len: name.len(),
+            head: u64::from_le_bytes(w),
+        }
+    }
+
+    /// The key of the name at `at` (`len` bytes) in `b`: one load of eight
+    /// bytes when the buffer has them (a name is followed by its value, so
+    /// nearly always), masked to the name.
+    fn at(b: &[u8], at: usize, len: usize) -> NameKey {
+        let word = at
+            .checked_add(8)
+            .and_then(|end| b.get(at..end))
+            .and_then(|w| <[u8; 8]>::try_from(w).ok());
+        match word {
+            Some(w) => {
+                let mask = if len >= 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (8 * len)) - 1
+                };
+                NameKey {
+                    len,
+                    head: u64::from_le_bytes(w) & mask,
+                }
+            }
+            None => NameKey::of(b.get(at..at.saturating_add(len)).unwrap_or_default()),
+        }
+    }
+}
+
+/// The header names a filter reads, compiled once (at configuration) for
+/// [`HeaderIndex`]: the slots are indices into these names.
+pub struct HeaderSlots {
+    names: Vec<String>,
+    keys: Vec<NameKey>,
+}
+
+impl HeaderSlots {
+    /// `names` lower-case, as Envoy sends header names.
+    pub fn new(names: &[String]) -> HeaderSlots {
+        HeaderSlots {
+            keys: names.iter().map(|n| NameKey::of(n.as_bytes())).collect(),
+            names: names.to_vec(),
+        }
+    }
+
+    /// The slot of the name at `at` in `b`, whose key is `key`.
+    fn find(&self, key: NameKey, name: &[u8]) -> Option<usize> {
+        let slot = self.keys.iter().position(|k| *k == key)?;
+        if key.len <= 8 {
+            return Some(slot);
+        }
+        // Longer names: the rest decides (and another slot may share the head).
+        self.keys
+            .iter()
+            .zip(&self.names)
+            .skip(slot)
+            .position(|(k, n)| {
+                *k == key
+                    && eq_bytes(
+                        n.as_bytes().get(8..).unwrap_or_default(),
+                        name.get(8..).unwrap_or_default(),
+                    )
+            })
+            .map(|i| i + slot)
+    }
+}
+
 /// Where one slot's name first appears in the map.
 #[derive(Clone, Copy)]
 struct Slot {
@@ -35,35 +120,27 @@ pub struct HeaderIndex {
 
 impl HeaderIndex {
     /// The request headers, read from the host (one host call).
-    pub fn read(names: &[String]) -> HeaderIndex {
+    pub fn read(names: &HeaderSlots) -> HeaderIndex {
         HeaderIndex::new(crate::request_header_map(), names)
     }
 
-    /// Indexes `map` by `names` (lower-case, as Envoy sends header names).
-    pub fn new(map: HeaderMapBytes, names: &[String]) -> HeaderIndex {
-        let mut slots = vec![ABSENT; names.len()];
+    /// Indexes `map` by `names`.
+    pub fn new(map: HeaderMapBytes, names: &HeaderSlots) -> HeaderIndex {
+        let path_key = NameKey::of(b":path");
+        let mut slots = vec![ABSENT; names.keys.len()];
         let mut path = None;
-        // The names' lengths (63 and longer share a bit): most pairs are
-        // passed over without comparing their name with any.
-        let lengths = names.iter().fold(0u64, |m, s| m | 1 << s.len().min(63));
         let b = map.bytes();
         for (n, v) in map.walk() {
-            let Some(name) = b.get(n) else {
-                continue;
-            };
-            if path.is_none() && eq_bytes(name, b":path") {
+            let key = NameKey::at(b, n.start, n.len());
+            if key == path_key && path.is_none() {
                 let url_end = b
                     .get(v.clone())
                     .map_or(0, |p| strip_query(p).len())
                     .saturating_add(v.start);
                 path = Some((v.clone(), url_end));
             }
-            if lengths >> name.len().min(63) & 1 == 0 {
-                continue;
-            }
             let Some(slot) = names
-                .iter()
-                .position(|s| eq_bytes(s.as_bytes(), name))
+                .find(key, b.get(n).unwrap_or_default())
                 .and_then(|i| slots.get_mut(i))
             else {
                 continue;
@@ -157,7 +234,7 @@ impl HeaderIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::HeaderIndex;
+    use super::{HeaderIndex, HeaderSlots};
     use crate::tests::serialize;
     use crate::HeaderMapBytes;
 
@@ -185,7 +262,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let ix = HeaderIndex::new(map, &names);
+        let ix = HeaderIndex::new(map, &HeaderSlots::new(&names));
         assert_eq!(
             values(&ix, 0, "x-dup"),
             Some(vec![b"1".to_vec(), b"2".to_vec()])
@@ -211,16 +288,64 @@ mod tests {
         assert_eq!(ix.url_path(), Some(&b"/a"[..]));
     }
 
+    /// Names are told apart by length and first eight bytes, then the rest:
+    /// long names sharing a head, names of exactly eight bytes, `:path` as a
+    /// slot of its own, and the last name of a map whose value is too short
+    /// for an eight-byte load past the name.
+    #[test]
+    fn names_sharing_a_head_or_at_the_end_of_the_map() {
+        let map = HeaderMapBytes(serialize(&[
+            ("x-forwarded-host", b"h"),
+            ("x-forwarded-for", b"f"),
+            (":path", b"/p?q"),
+            ("x-abcdef", b"8"),
+            ("x-abcdefg", b"9"),
+            ("x-forwarded-forx", b"fx"),
+            ("ab", b""),
+        ]));
+        let names: Vec<String> = [
+            "x-forwarded-for",
+            "x-forwarded-forx",
+            "x-forwarded-host",
+            "x-abcdef",
+            "x-abcdefg",
+            ":path",
+            "ab",
+            "x-forwarded-fo",
+            "a",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let ix = HeaderIndex::new(map, &HeaderSlots::new(&names));
+        let want: [Option<&[u8]>; 9] = [
+            Some(b"f"),
+            Some(b"fx"),
+            Some(b"h"),
+            Some(b"8"),
+            Some(b"9"),
+            Some(b"/p?q"),
+            Some(b""),
+            None,
+            None,
+        ];
+        for (slot, (name, want)) in names.iter().zip(want).enumerate() {
+            let got = values(&ix, slot, name);
+            assert_eq!(got, want.map(|w| vec![w.to_vec()]), "{name}");
+        }
+        assert_eq!(ix.url_path(), Some(&b"/p"[..]));
+    }
+
     #[test]
     fn an_empty_or_malformed_map_has_nothing() {
         let names = vec!["x".to_string()];
-        let ix = HeaderIndex::new(HeaderMapBytes(Vec::new()), &names);
+        let ix = HeaderIndex::new(HeaderMapBytes(Vec::new()), &HeaderSlots::new(&names));
         assert_eq!(ix.any(0, "x", &mut |_| true), None);
         assert_eq!(ix.path(), None);
         assert_eq!(ix.url_path(), None);
         let mut bad = serialize(&[("x", b"1")]);
         bad.truncate(bad.len() - 2);
-        let ix = HeaderIndex::new(HeaderMapBytes(bad), &names);
+        let ix = HeaderIndex::new(HeaderMapBytes(bad), &HeaderSlots::new(&names));
         assert_eq!(ix.any(0, "x", &mut |_| true), None);
     }
 }

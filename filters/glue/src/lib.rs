@@ -11,7 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 mod header_index;
-pub use header_index::HeaderIndex;
+pub use header_index::{HeaderIndex, HeaderSlots};
 
 /// The plugin configuration bytes. Envoy only hands them out during `on_configure`.
 pub fn plugin_config() -> Option<Vec<u8>> {
