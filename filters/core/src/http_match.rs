@@ -288,7 +288,7 @@ impl UriMatcher {
             StringMatcher::Prefix(p) => {
                 let p = p.as_bytes();
                 if self.ignore_case {
-                    raw.get(..p.len()).is_some_and(|h| eq_lower(h, p))
+                    starts_with_lower(raw, p)
                 } else {
                     starts_with_bytes(raw, p)
                 }
@@ -534,12 +534,7 @@ impl<'a> RequestView<'a> {
 
     /// `:path` up to the first `?` or `#` (Envoy `removeQueryAndFragment`).
     pub fn path_without_query(&self) -> &'a [u8] {
-        let end = self
-            .path
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(self.path.len());
-        &self.path[..end]
+        strip_query(self.path)
     }
 
     /// A header's value; several values are joined with `,` as Envoy's
@@ -547,10 +542,10 @@ impl<'a> RequestView<'a> {
     pub fn header(&self, name: &str) -> Option<Cow<'a, [u8]>> {
         let name = name.as_bytes();
         let mut found: Option<Cow<'a, [u8]>> = None;
-        // A plain loop with the length compared first: most names differ in
-        // length, and an iterator chain costs several times more per pair in wasm.
+        // A plain loop (an iterator chain cost more per pair in wasm);
+        // `eq_bytes` compares the lengths first.
         for &(k, v) in &self.headers {
-            if k.len() != name.len() || !eq_bytes(k, name) {
+            if !eq_bytes(k, name) {
                 continue;
             }
             found = Some(match found {
@@ -610,6 +605,15 @@ pub fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
         .all(|(x, y)| x == y)
 }
 
+/// Envoy `PathUtil::removeQueryAndFragment`: the path up to the first `?` or `#`.
+pub fn strip_query(path: &[u8]) -> &[u8] {
+    let end = path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    path.get(..end).unwrap_or(path)
+}
+
 /// `v.starts_with(prefix)`, compared with [`eq_bytes`].
 #[inline]
 pub fn starts_with_bytes(v: &[u8], prefix: &[u8]) -> bool {
@@ -646,6 +650,21 @@ pub fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
         .iter()
         .zip(l8.remainder())
         .all(|(r, l)| r.to_ascii_lowercase() == *l)
+}
+
+/// `v`, ASCII-lower-cased, starts with `prefix` (already lower-case).
+#[inline]
+pub fn starts_with_lower(v: &[u8], prefix: &[u8]) -> bool {
+    v.get(..prefix.len()).is_some_and(|h| eq_lower(h, prefix))
+}
+
+/// `v`, ASCII-lower-cased, ends with `suffix` (already lower-case).
+#[inline]
+pub fn ends_with_lower(v: &[u8], suffix: &[u8]) -> bool {
+    v.len()
+        .checked_sub(suffix.len())
+        .and_then(|at| v.get(at..))
+        .is_some_and(|t| eq_lower(t, suffix))
 }
 
 /// Eight bytes with their ASCII capitals lower-cased (bytes from 0x80 kept).
@@ -1103,9 +1122,9 @@ mod tests {
         }
     }
 
-    /// `eq_bytes` (eight bytes at a time), `eq_lower`, `starts_with_bytes`
-    /// and `ends_with_bytes` say what `==`, `eq_ignore_ascii_case`,
-    /// `starts_with` and `ends_with` say, for every length around the word size and
+    /// `eq_bytes` (eight bytes at a time), `eq_lower`, `starts_with_bytes`,
+    /// `ends_with_bytes` and their lower-casing forms say what `==`,
+    /// `eq_ignore_ascii_case`, `starts_with` and `ends_with` say, for every length around the word size and
     /// a difference at every position.
     #[test]
     fn fast_compares_agree_with_the_plain_ones() {
@@ -1127,6 +1146,13 @@ mod tests {
                 assert_eq!(starts_with_bytes(&a, x), a.starts_with(x), "{len} {cut}");
                 assert!(ends_with_bytes(&a, &a[len - p.len()..]), "{len} {cut}");
                 assert_eq!(ends_with_bytes(&a, x), a.ends_with(x), "{len} {cut}");
+                let upper = a.to_ascii_uppercase();
+                assert_eq!(
+                    starts_with_lower(&upper, x),
+                    a.starts_with(x),
+                    "{len} {cut}"
+                );
+                assert_eq!(ends_with_lower(&upper, x), a.ends_with(x), "{len} {cut}");
             }
         }
     }

@@ -4,8 +4,7 @@
 
 use std::ops::Range;
 
-use meshwasm_core::authz::strip_query;
-use meshwasm_core::http_match::eq_bytes;
+use meshwasm_core::http_match::{eq_bytes, strip_query};
 
 use crate::HeaderMapBytes;
 
@@ -72,7 +71,7 @@ impl HeaderSlots {
         }
     }
 
-    /// The slot of the name at `at` in `b`, whose key is `key`.
+    /// The slot of `name`, whose key is `key`.
     fn find(&self, key: NameKey, name: &[u8]) -> Option<usize> {
         let slot = self.keys.iter().position(|k| *k == key)?;
         if key.len <= 8 {
@@ -216,13 +215,6 @@ impl HeaderIndex {
         self.map.pairs()
     }
 
-    /// The first `:path` value, as the host sent it.
-    pub fn path(&self) -> Option<&[u8]> {
-        self.path
-            .as_ref()
-            .and_then(|(v, _)| self.map.bytes().get(v.clone()))
-    }
-
     /// The first `:path` without query and fragment (Envoy
     /// `PathUtil::removeQueryAndFragment`), found once when indexing.
     pub fn url_path(&self) -> Option<&[u8]> {
@@ -284,7 +276,6 @@ mod tests {
             Some(true)
         );
         assert_eq!(calls, 1);
-        assert_eq!(ix.path(), Some(&b"/a?b"[..]));
         assert_eq!(ix.url_path(), Some(&b"/a"[..]));
     }
 
@@ -341,7 +332,6 @@ mod tests {
         let names = vec!["x".to_string()];
         let ix = HeaderIndex::new(HeaderMapBytes(Vec::new()), &HeaderSlots::new(&names));
         assert_eq!(ix.any(0, "x", &mut |_| true), None);
-        assert_eq!(ix.path(), None);
         assert_eq!(ix.url_path(), None);
         let mut bad = serialize(&[("x", b"1")]);
         bad.truncate(bad.len() - 2);

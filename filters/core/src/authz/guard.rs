@@ -12,6 +12,14 @@ use super::Policy;
 /// for them the walk and the candidate set cost more than they save.
 pub(crate) const MIN_GUARDED: usize = 4;
 
+/// Sets policy `i`'s bit in a one-bit-per-policy set.
+#[inline]
+fn set_bit(bits: &mut [u64], i: u32) {
+    if let Some(word) = bits.get_mut((i / 64) as usize) {
+        *word |= 1 << (i % 64);
+    }
+}
+
 /// A trie of every guard prefix of an engine's policies.
 #[derive(Debug, Clone)]
 pub(crate) struct GuardIndex {
@@ -72,10 +80,7 @@ impl Candidates {
     }
 
     fn set(&mut self, i: u32) {
-        let (w, b) = ((i / 64) as usize, i % 64);
-        if let Some(word) = self.bits_mut().get_mut(w) {
-            *word |= 1 << b;
-        }
+        set_bit(self.bits_mut(), i);
     }
 
     /// The candidate policies' indices, in order.
@@ -115,12 +120,7 @@ impl GuardIndex {
         for (i, p) in policies.iter().enumerate() {
             let i = u32::try_from(i).ok()?;
             match &p.path_guard {
-                None => {
-                    let (w, b) = ((i / 64) as usize, i % 64);
-                    if let Some(word) = ix.unguarded.get_mut(w) {
-                        *word |= 1 << b;
-                    }
-                }
+                None => set_bit(&mut ix.unguarded, i),
                 Some(prefixes) => {
                     for prefix in prefixes {
                         let node = ix.insert(prefix.as_bytes())?;

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use regex_lite::Regex;
 
-use crate::http_match::{ends_with_bytes, eq_bytes, eq_lower, starts_with_bytes};
+use crate::http_match::{
+    ends_with_bytes, ends_with_lower, eq_bytes, eq_lower, starts_with_bytes, starts_with_lower,
+};
 
 /// Envoy `StringMatcher` (the forms istiod emits). `ignore_case` lowers both
 /// sides (ASCII only, like absl::EqualsIgnoreCase).
@@ -101,12 +103,8 @@ impl StrMatch {
         match self {
             // Compared lower-cased in place, eight bytes at a time.
             StrMatch::Exact(s) => eq_lower(v, s.as_bytes()),
-            StrMatch::Prefix(s) => v.get(..s.len()).is_some_and(|h| eq_lower(h, s.as_bytes())),
-            StrMatch::Suffix(s) => v
-                .len()
-                .checked_sub(s.len())
-                .and_then(|at| v.get(at..))
-                .is_some_and(|t| eq_lower(t, s.as_bytes())),
+            StrMatch::Prefix(s) => starts_with_lower(v, s.as_bytes()),
+            StrMatch::Suffix(s) => ends_with_lower(v, s.as_bytes()),
             _ if v.iter().any(u8::is_ascii_uppercase) => {
                 self.matches_bytes(&v.to_ascii_lowercase())
             }

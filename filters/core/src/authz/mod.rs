@@ -47,7 +47,7 @@ pub trait RequestAttrs {
     ) -> Option<bool>;
     /// `:path` without query and fragment (Envoy `PathUtil::removeQueryAndFragment`),
     /// as bytes like header values; hosts compute it once per request (see
-    /// [`strip_query`]).
+    /// [`crate::http_match::strip_query`]).
     fn url_path(&mut self) -> Option<&[u8]>;
     /// The direct peer (Envoy `direct_remote_ip`); None when the host cannot
     /// tell (see docs: the remote address came from `x-forwarded-for`).
@@ -345,15 +345,6 @@ impl Leaf {
             }
         }
     }
-}
-
-/// Envoy `PathUtil::removeQueryAndFragment`.
-pub fn strip_query(path: &[u8]) -> &[u8] {
-    let end = path
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(path.len());
-    path.get(..end).unwrap_or(path)
 }
 
 /// Compiled policies for one plugin configuration.

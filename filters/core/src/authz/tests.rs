@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::guard::GuardIndex;
 use super::*;
+use crate::http_match::strip_query;
 
 /// A request as the glue would present it.
 #[derive(Debug, Clone, Default)]
