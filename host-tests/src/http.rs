@@ -150,14 +150,25 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 fn read_line(r: &mut impl BufRead) -> io::Result<String> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
+    read_text_line(r)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+}
+
+/// One line without its end; None at the end of the stream. Bytes that are
+/// not UTF-8 (obs-text in a header value) are read lossily, as U+FFFD.
+pub(crate) fn read_text_line(r: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line)? == 0 {
+        return Ok(None);
     }
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    let line = String::from_utf8_lossy(&line);
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+}
+
+/// A header line as (lower-case name, trimmed value); None without a `:`.
+pub(crate) fn header_line(line: &str) -> Option<(String, String)> {
+    let (k, v) = line.split_once(':')?;
+    Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
 }
 
 pub(crate) fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<Response> {
@@ -174,9 +185,7 @@ pub(crate) fn read_response(r: &mut impl BufRead, method: &str) -> io::Result<Re
         if line.is_empty() {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
+        headers.extend(header_line(&line));
     }
     let resp = Response {
         status,

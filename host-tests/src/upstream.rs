@@ -2,7 +2,7 @@
 //! as JSON (so tests assert what reached the backend), or any handler a test
 //! writes (a JWKS endpoint, an ext_authz server, ...).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+
+use crate::http::{header_line, read_text_line};
 
 /// A request as the upstream received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,17 +184,6 @@ impl Upstream {
     }
 }
 
-/// One line without its end; None at the end of the connection. Bytes that
-/// are not UTF-8 (obs-text in a header value) are read lossily, as U+FFFD.
-fn read_text_line(r: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
-    let mut line = Vec::new();
-    if r.read_until(b'\n', &mut line)? == 0 {
-        return Ok(None);
-    }
-    let line = String::from_utf8_lossy(&line);
-    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
-}
-
 /// Reads one request; None at a clean end of the connection.
 fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
     let Some(line) = read_text_line(r)? else {
@@ -209,9 +200,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Seen>> {
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
+        headers.extend(header_line(&h));
     }
     let mut seen = Seen {
         method,
