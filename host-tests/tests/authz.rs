@@ -1276,6 +1276,9 @@ fn bench_listeners_agree() {
             .status,
         403
     );
+    // authz's floor row: the `crossings` module making authz's crossings passes
+    // the request (it decides nothing).
+    assert_eq!(envoy.send("authz_required", &bench()).status, 200);
 }
 
 fn twin_case(name: &str, r: Request) -> host_tests::twin::Case {

@@ -523,3 +523,26 @@ fn invalid_config_is_refused_with_its_field_path() {
         "{log}"
     );
 }
+
+/// The benchmark listeners (envoy-configs/bench/canary.yaml) really do what their
+/// rows are read as: canary_10 routes the bench request by the subset it sets,
+/// and canary_required (the `crossings` module making canary's request-side
+/// crossings, canary's floor) sets its header and is routed by it.
+#[test]
+fn bench_listeners_route_by_the_header_they_set() {
+    let upstream = Upstream::echo("bench");
+    let envoy = Envoy::bench_fragment("canary")
+        .upstream("UPSTREAM_PORT", &upstream)
+        .start();
+    let bench = || Request::get("/bench").header("end-user", "someone");
+    for _ in 0..20 {
+        let r = envoy.send("canary_10", &bench());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let subset = r.upstream_header("x-canary-subset");
+        assert!(matches!(subset.as_deref(), Some("v1" | "v2")), "{subset:?}");
+        let r = envoy.send("canary_required", &bench());
+        // Its routes match only x-crossings, which the client did not send.
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.upstream_header("x-crossings").as_deref(), Some("1"));
+    }
+}

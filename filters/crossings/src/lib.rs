@@ -5,12 +5,16 @@
 //! Plugin configuration: `<op> <repeat>`, e.g. `header_map 10`. In
 //! `on_http_request_headers` the op runs `repeat` times; everything else is
 //! the same for every op, so (row − the `none` row) / repeat is one crossing's
-//! price. Its callbacks are pruned like a filter's (context create, request
+//! price. Several pairs (`header_map 1 filter_state 2 metric 1`) make a filter's
+//! required crossings and nothing else: the floor that filter's bench row is
+//! compared with (envoy-configs/bench/authz.yaml, canary.yaml). Its callbacks are pruned like a filter's (context create, request
 //! headers, delete), so the `none` row is the floor a meshwasm filter starts
 //! from; (the SDK's no-op − `none`) / 4 prices a VM entry.
 //!
 //! Returned buffers are freed without being parsed: the row measures the
 //! crossing, not what a filter does with the data.
+
+use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -20,7 +24,7 @@ meshwasm_glue::callbacks!("request_headers delete");
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(CrossingsRoot { op: Op::None, repeat: 0, metric: None })
+        Box::new(CrossingsRoot { ops: Rc::from([]), metric: None })
     });
 }}
 
@@ -79,9 +83,24 @@ impl Op {
 }
 
 struct CrossingsRoot {
-    op: Op,
-    repeat: u32,
+    /// Each op and how many times it runs per request, in order.
+    ops: Rc<[(Op, u32)]>,
     metric: Option<u32>,
+}
+
+/// `<op> <repeat>` pairs; None unless the whole text is such pairs.
+fn parse_ops(text: &str) -> Option<Vec<(Op, u32)>> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || !words.len().is_multiple_of(2) {
+        return None;
+    }
+    words
+        .chunks_exact(2)
+        .map(|w| match w {
+            [op, repeat] => Some((Op::parse(op)?, repeat.parse().ok()?)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Context for CrossingsRoot {}
@@ -90,23 +109,18 @@ impl RootContext for CrossingsRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let cfg = meshwasm_glue::plugin_config().unwrap_or_default();
         let text = String::from_utf8_lossy(&cfg);
-        let mut words = text.split_whitespace();
-        let (Some(op), Some(repeat)) = (
-            words.next().and_then(Op::parse),
-            words.next().and_then(|n| n.parse().ok()),
-        ) else {
+        let Some(ops) = parse_ops(&text) else {
             meshwasm_glue::log_error(&format!(
-                "crossings: configuration {text:?} is not `<op> <repeat>`"
+                "crossings: configuration {text:?} is not `<op> <repeat>` pairs"
             ));
             return false;
         };
-        self.op = op;
-        self.repeat = repeat;
         self.metric =
             hostcalls::define_metric(MetricType::Counter, "meshwasm.crossings.bench").ok();
-        if op == Op::SharedGet {
+        if ops.iter().any(|(op, _)| *op == Op::SharedGet) {
             let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[7u8; 64]), None);
         }
+        self.ops = ops.into();
         true
     }
 
@@ -116,16 +130,14 @@ impl RootContext for CrossingsRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CrossingsHttp {
-            op: self.op,
-            repeat: self.repeat,
+            ops: self.ops.clone(),
             metric: self.metric,
         }))
     }
 }
 
 struct CrossingsHttp {
-    op: Op,
-    repeat: u32,
+    ops: Rc<[(Op, u32)]>,
     metric: Option<u32>,
 }
 
@@ -133,17 +145,19 @@ impl Context for CrossingsHttp {}
 
 impl HttpContext for CrossingsHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for _ in 0..self.repeat {
-            self.cross();
+        for &(op, repeat) in self.ops.iter() {
+            for _ in 0..repeat {
+                self.cross(op);
+            }
         }
         Action::Continue
     }
 }
 
 impl CrossingsHttp {
-    fn cross(&self) {
+    fn cross(&self, op: Op) {
         let req = MapType::HttpRequestHeaders;
-        match self.op {
+        match op {
             Op::None => {}
             // The raw buffer, freed unparsed (`request_header_map` does no more).
             Op::HeaderMap => drop(meshwasm_glue::request_header_map()),
@@ -172,6 +186,34 @@ impl CrossingsHttp {
                 Some(&[7u8; 64]),
                 None,
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_ops, Op};
+
+    #[test]
+    fn configuration_is_op_repeat_pairs() {
+        assert_eq!(parse_ops("header_map 10"), Some(vec![(Op::HeaderMap, 10)]));
+        assert_eq!(
+            parse_ops(" header_map 1  filter_state 2\nmetric 1 "),
+            Some(vec![
+                (Op::HeaderMap, 1),
+                (Op::FilterState, 2),
+                (Op::Metric, 1)
+            ])
+        );
+        for bad in [
+            "",
+            "header_map",
+            "header_map 1 metric",
+            "nope 1",
+            "metric x",
+            "metric -1",
+        ] {
+            assert_eq!(parse_ops(bad), None, "{bad:?}");
         }
     }
 }

@@ -14,8 +14,10 @@
 //! `--callgrind` runs Envoy under valgrind's callgrind instead and reports
 //! thousands of instructions per request (same columns): deterministic to about
 //! ±2 %, where CPU time on these shared VMs moves by ±20 %. Slow (about 300
-//! requests/s), so use it with `--filters` and `--rounds 1`; not more than about 8
-//! distinct wasm VMs fit valgrind's address space. Dumps are kept in
+//! requests/s), so use it with `--filters` and `--rounds 1`. Only a few wasm VMs
+//! fit valgrind's address space (4 did, 5 did not: each reserves guard regions
+//! on every thread; listeners with the same `vm_id` and code share one); a VM
+//! that fails to start stops the run. Dumps are kept in
 //! `target/callgrind/<listener>.0.out`.
 //!
 //! Filter fragments, in `envoy-configs/bench/`:
@@ -559,6 +561,23 @@ fn main() {
     };
     for (r, s) in rows.iter().zip(&scripts) {
         run_wrk(envoy.pid(), envoy.port(&r.listener), s, &warm);
+    }
+    // A worker that could not instantiate a module (under valgrind: its address
+    // space, when too many VMs run at once) answers without the filter, which
+    // would read as a cheap filter. Refuse to measure that.
+    let log = envoy.log();
+    if let Some(line) = log
+        .lines()
+        .find(|l| l.contains("Failed to create new Wasm instance"))
+    {
+        // Exit rather than panic: the tools profile aborts on panic, which
+        // would leave Envoy running.
+        drop(envoy);
+        eprintln!(
+            "bench: Envoy could not start every wasm VM ({line}); measure fewer filters \
+             at once (`--filters`: only a few VMs fit valgrind)"
+        );
+        std::process::exit(1);
     }
     // What the per-request measure counts.
     let unit = if o.callgrind { "k instructions" } else { "µs" };
