@@ -7,9 +7,10 @@
 //! the same for every op, so (row − the `none` row) / repeat is one crossing's
 //! price. Several pairs (`header_map 1 filter_state 2 metric 1`) make a filter's
 //! required crossings and nothing else: the floor that filter's bench row is
-//! compared with (envoy-configs/bench/authz.yaml, canary.yaml). Its callbacks are pruned like a filter's (context create, request
-//! headers, delete), so the `none` row is the floor a meshwasm filter starts
-//! from; (the SDK's no-op − `none`) / 4 prices a VM entry.
+//! compared with (envoy-configs/bench/authz.yaml, canary.yaml). Its callbacks
+//! are pruned like a filter's (context create, request headers, delete), so the
+//! `none` row is the floor a meshwasm filter starts from; (the SDK's no-op −
+//! `none`) / 4 prices a VM entry.
 //!
 //! Returned buffers are freed without being parsed: the row measures the
 //! crossing, not what a filter does with the data.
