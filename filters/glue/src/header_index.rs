@@ -2,8 +2,6 @@
 //! compiled header slots): read once, walked once, each name's first value
 //! found without comparing names again, values handed out in place.
 
-use std::ops::Range;
-
 use meshwasm_core::http_match::{eq_bytes, strip_query};
 
 use crate::HeaderMapBytes;
@@ -113,8 +111,9 @@ pub struct HeaderIndex {
     map: HeaderMapBytes,
     /// Per slot (index into the names it was built with).
     slots: Vec<Slot>,
-    /// The first `:path` value, and where its query or fragment starts.
-    path: Option<(Range<usize>, usize)>,
+    /// Where the first `:path` value lies in the map, without its query or
+    /// fragment.
+    url_path: Option<(usize, usize)>,
 }
 
 impl HeaderIndex {
@@ -127,16 +126,13 @@ impl HeaderIndex {
     pub fn new(map: HeaderMapBytes, names: &HeaderSlots) -> HeaderIndex {
         let path_key = NameKey::of(b":path");
         let mut slots = vec![ABSENT; names.keys.len()];
-        let mut path = None;
+        let mut url_path = None;
         let b = map.bytes();
         for (n, v) in map.walk() {
             let key = NameKey::at(b, n.start, n.len());
-            if key == path_key && path.is_none() {
-                let url_end = b
-                    .get(v.clone())
-                    .map_or(0, |p| strip_query(p).len())
-                    .saturating_add(v.start);
-                path = Some((v.clone(), url_end));
+            if key == path_key && url_path.is_none() {
+                let len = b.get(v.clone()).map_or(0, |p| strip_query(p).len());
+                url_path = Some((v.start, v.start.saturating_add(len)));
             }
             let Some(slot) = names
                 .find(key, b.get(n).unwrap_or_default())
@@ -154,7 +150,11 @@ impl HeaderIndex {
                 };
             }
         }
-        HeaderIndex { map, slots, path }
+        HeaderIndex {
+            map,
+            slots,
+            url_path,
+        }
     }
 
     /// Whether any value of the header in `slot` satisfies `pred`, in order,
@@ -218,9 +218,8 @@ impl HeaderIndex {
     /// The first `:path` without query and fragment (Envoy
     /// `PathUtil::removeQueryAndFragment`), found once when indexing.
     pub fn url_path(&self) -> Option<&[u8]> {
-        self.path
-            .as_ref()
-            .and_then(|(v, end)| self.map.bytes().get(v.start..*end))
+        let (start, end) = self.url_path?;
+        self.map.bytes().get(start..end)
     }
 }
 
