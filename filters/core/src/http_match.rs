@@ -1124,8 +1124,8 @@ mod tests {
 
     /// `eq_bytes` (eight bytes at a time), `eq_lower`, `starts_with_bytes`,
     /// `ends_with_bytes` and their lower-casing forms say what `==`,
-    /// `eq_ignore_ascii_case`, `starts_with` and `ends_with` say, for every length around the word size and
-    /// a difference at every position.
+    /// `eq_ignore_ascii_case`, `starts_with` and `ends_with` say, for every
+    /// length around the word size and a difference at every position.
     #[test]
     fn fast_compares_agree_with_the_plain_ones() {
         for len in 0..20usize {
