@@ -76,18 +76,19 @@ test: setup build lint compose-check
 demo: setup build
 	cargo run --quiet -p host-tests --no-default-features --bin demo
 
-## bench: listeners side by side in one Envoy; writes BENCHMARKS.md
+## bench: Envoy's CPU time per request, listeners side by side in one Envoy; its section of BENCHMARKS.md
 bench: setup build
 	cargo run --profile tools -p host-tests --no-default-features --bin bench -- $(BENCH_ARGS)
 
 ## bench-callgrind: instructions per request under valgrind, one Envoy per filter
-## (deterministic to ~2 %, where CPU time on shared VMs moves ~20 %); ~10 minutes.
+## (deterministic, where CPU time on a shared machine is not); a section per filter
+## in BENCHMARKS.md, the tables also printed.
 BENCH_FILTERS := crossings authz canary fault jwt_authn local_ratelimit
 bench-callgrind: setup build
 	@for f in $(BENCH_FILTERS); do \
 	  echo "### $$f"; echo; \
 	  cargo run -q --profile tools -p host-tests --no-default-features --bin bench -- \
-	    --callgrind --filters $$f --rounds 1 --seconds 6 --connections 4 --out - 2>/dev/null | grep '^|' \
+	    --callgrind --filters $$f --rounds 1 --seconds 6 --connections 4 --out $(CURDIR)/BENCHMARKS.md 2>/dev/null | grep '^|' \
 	    || { echo "bench-callgrind: $$f failed" >&2; exit 1; }; \
 	  echo; \
 	done

@@ -9,15 +9,15 @@
 //! requests wrk completed), so wrk and the upstream competing for the 2 cores do not
 //! count. Per case the median over rounds is taken; the added µs per request is
 //! that minus the `none` baseline. Ratios are computed within one run only. The
-//! table goes to stdout and to BENCHMARKS.md.
+//! table goes to stdout and, as this run's section (date, commit, Envoy version,
+//! cores), to BENCHMARKS.md; other runs' sections stay.
 //!
 //! `--callgrind` runs Envoy under valgrind's callgrind instead and reports
-//! thousands of instructions per request (same columns): deterministic to about
-//! ±2 %, where CPU time on these shared VMs moves by ±20 %. Slow (about 300
-//! requests/s), so use it with `--filters` and `--rounds 1`. Only a few wasm VMs
-//! fit valgrind's address space (4 did, 5 did not: each reserves guard regions
-//! on every thread; listeners with the same `vm_id` and code share one); a VM
-//! that fails to start stops the run. Dumps are kept in
+//! thousands of instructions per request (same columns): deterministic where CPU
+//! time on a shared machine is not. Slow, so use it with `--filters` and
+//! `--rounds 1`. Only a few wasm VMs fit valgrind's address space (each reserves
+//! guard regions on every thread; listeners with the same `vm_id` and code share
+//! one); a VM that fails to start stops the run. Dumps are kept in
 //! `target/callgrind/<listener>.0.out`.
 //!
 //! Filter fragments, in `envoy-configs/bench/`:
@@ -178,8 +178,8 @@ fn parse_opts() -> Opts {
             "--filters" => o.filters = val.split(',').map(str::to_string).collect(),
             "--callgrind" => {
                 o.callgrind = true;
-                // BENCHMARKS.md keeps the CPU-time table; a callgrind run
-                // prints its table unless `--out` (after this flag) says where.
+                // A one-off callgrind run only prints its table; `--out`
+                // after this flag (as `make bench-callgrind` passes) writes it.
                 o.out = "-".into();
                 i += 1;
                 continue;
@@ -382,6 +382,140 @@ fn median(v: &mut [f64]) -> f64 {
         0.0
     } else {
         v[v.len() / 2]
+    }
+}
+
+/// The file's first lines, above every run's section.
+const PREAMBLE: &str = "# Benchmarks\n\nWritten by `make bench` and `make bench-callgrind` \
+(host-tests/src/bin/bench.rs); a run replaces its own section. *added* = row − `no filter` sent \
+the same request; ratios are within one run. How to read them: [docs/performance.md](docs/performance.md).\n";
+
+/// One run's part of BENCHMARKS.md: what was measured, when, where, and the table.
+struct Section {
+    heading: String,
+    method: String,
+}
+
+impl Section {
+    fn render(&self, table: &str) -> String {
+        format!(
+            "## {}\n\n- Date: {}\n- Commit: {}\n- Envoy: {}\n- Machine: {} cores\n- Method: {}\n\n{}",
+            self.heading,
+            utc_date(),
+            git_commit(),
+            envoy_version(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            self.method,
+            table.trim_end()
+        )
+    }
+}
+
+/// The bench fragments this run measured, in order: names its section.
+fn group_names(rows: &[Row]) -> String {
+    let mut groups: Vec<&str> = Vec::new();
+    for r in rows {
+        if r.group != "baseline" && !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    if groups.is_empty() {
+        "baseline".to_string()
+    } else {
+        groups.join(", ")
+    }
+}
+
+/// `old` with the section under `## heading` replaced by `section` (appended when
+/// absent), under the fixed preamble. Other runs' sections are kept as they are.
+fn merge_section(old: &str, heading: &str, section: &str) -> String {
+    let mut sections: Vec<String> = Vec::new();
+    for line in old.lines() {
+        if line.starts_with("## ") {
+            sections.push(String::new());
+        }
+        if let Some(cur) = sections.last_mut() {
+            cur.push_str(line);
+            cur.push('\n');
+        }
+    }
+    let title = format!("## {heading}");
+    let mut replaced = false;
+    for cur in sections.iter_mut() {
+        if cur.lines().next() == Some(title.as_str()) {
+            *cur = section.to_string();
+            replaced = true;
+        }
+    }
+    if !replaced {
+        sections.push(section.to_string());
+    }
+    let mut doc = PREAMBLE.to_string();
+    for cur in &sections {
+        doc.push('\n');
+        doc.push_str(cur.trim_end());
+        doc.push('\n');
+    }
+    doc
+}
+
+/// Today in UTC, `YYYY-MM-DD`.
+fn utc_date() -> String {
+    civil_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// The UTC date of a Unix time (civil-from-days, proleptic Gregorian): no date
+/// crate for one line of the report.
+fn civil_date(secs: u64) -> String {
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The commit measured: `git rev-parse --short HEAD`, marked when the tree differs.
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(paths::repo_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_string();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head} (with uncommitted changes)"),
+        _ => head,
+    }
+}
+
+/// Envoy's version string without the binary's path (`envoy --version` starts with it).
+fn envoy_version() -> String {
+    let out = Command::new(paths::envoy_bin())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    match out.split_once("version:") {
+        Some((_, v)) => v.trim().to_string(),
+        None => "unknown".to_string(),
     }
 }
 
@@ -676,45 +810,103 @@ fn main() {
     }
     println!("{table}");
     if o.out != "-" {
-        let envoy_version = Command::new(paths::envoy_bin())
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        let doc = if o.callgrind {
-            format!(
-                "# Benchmarks\n\nWritten by `bench --callgrind` (host-tests/src/bin/bench.rs). One \
-                 Envoy (`--concurrency 1`) under valgrind's callgrind, listeners side by side, load \
-                 from `wrk -t1 -c{}`, {} round(s) × {} s per row: thousands of instructions Envoy \
-                 executes per request; *added* = row − `no filter` sent the same request.\n\n\
-                 - Envoy: `{}`\n\n{}",
-                o.connections, o.rounds, o.seconds, envoy_version, table
-            )
+        let section = if o.callgrind {
+            Section {
+                heading: format!("Instructions per request: {}", group_names(&rows)),
+                method: format!(
+                    "one Envoy (`--concurrency 1`) under valgrind's callgrind, listeners side by \
+                     side, load from `wrk -t1 -c{}`, {} round(s) × {} s per row; thousands of \
+                     instructions Envoy executes per request",
+                    o.connections, o.rounds, o.seconds
+                ),
+            }
         } else {
-            format!(
-                "# Benchmarks\n\nWritten by `make bench` (host-tests/src/bin/bench.rs). One Envoy \
-             (`--concurrency 1`), listeners side by side, load from `wrk -t1 -c{}` on loopback, \
-             {} rounds × {} s per row with rotating order; per row the median of Envoy's CPU time \
-             per request (all its threads, from /proc schedstat). *Added µs* = row − `no filter` \
-             sent the same request (each case has its own `no filter` and `no-op wasm` rows: \
-             a 700-byte token costs Envoy's codec alike with or without a filter). Ratios are \
-             within this one run: absolute numbers move with the (shared, noisy) machine, ratios \
-             much less. For a deterministic count, `make bench BENCH_ARGS='--callgrind --filters \
-             <filter> --rounds 1'` (instructions per request under valgrind).\n\n\
-             - Envoy: `{}`\n- Machine: {} cores\n\n{}",
-                o.connections,
-                o.rounds,
-                o.seconds,
-                envoy_version,
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(0),
-                table
-            )
+            Section {
+                heading: "Envoy CPU time per request".to_string(),
+                method: format!(
+                    "one Envoy (`--concurrency 1`), listeners side by side, load from `wrk -t1 \
+                     -c{}` on loopback, {} rounds × {} s per row in rotating order; per row the \
+                     median of Envoy's CPU time per request (its threads' /proc schedstat)",
+                    o.connections, o.rounds, o.seconds
+                ),
+            }
         };
+        let old = fs::read_to_string(&o.out).unwrap_or_default();
+        let doc = merge_section(&old, &section.heading, &section.render(&table));
         fs::write(&o.out, doc).unwrap_or_else(|e| panic!("{}: {e}", o.out));
         eprintln!("bench: wrote {}", o.out);
     }
     drop(envoy);
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
+        assert_eq!(civil_date(1_700_000_000), "2023-11-14");
+    }
+
+    #[test]
+    fn a_run_replaces_its_own_section_only() {
+        let old = "# Benchmarks\n\nold preamble\n\n## A\n\n- Date: 1\n\n| a |\n\n## B\n\n| b |\n";
+        let doc = merge_section(old, "A", "## A\n\n- Date: 2\n\n| a2 |");
+        assert!(doc.starts_with(PREAMBLE), "{doc}");
+        assert!(
+            !doc.contains("old preamble") && !doc.contains("| a |"),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("## A\n\n- Date: 2\n\n| a2 |\n\n## B\n\n| b |\n"),
+            "{doc}"
+        );
+        let doc = merge_section(&doc, "C", "## C\n\n| c |\n");
+        assert!(doc.ends_with("## B\n\n| b |\n\n## C\n\n| c |\n"), "{doc}");
+        assert_eq!(
+            merge_section("", "A", "## A\n"),
+            format!("{PREAMBLE}\n## A\n")
+        );
+    }
+
+    /// The committed file is what the writer produces: its preamble, and sections
+    /// that each say when, at which commit, on which Envoy and machine they ran.
+    #[test]
+    fn benchmarks_md_is_in_the_writers_format() {
+        let doc = fs::read_to_string(paths::repo_root().join("BENCHMARKS.md")).unwrap();
+        assert!(
+            doc.starts_with(PREAMBLE),
+            "BENCHMARKS.md does not start with the preamble"
+        );
+        let sections: Vec<&str> = doc.split("\n## ").skip(1).collect();
+        assert!(!sections.is_empty());
+        for body in sections {
+            let heading = body.lines().next().unwrap_or_default();
+            let section = format!("## {}", body.trim_end());
+            assert_eq!(merge_section(&doc, heading, &section), doc, "{heading}");
+            for field in [
+                "- Date: ",
+                "- Commit: ",
+                "- Envoy: ",
+                "- Machine: ",
+                "- Method: ",
+            ] {
+                assert!(section.contains(field), "{heading}: no {field:?}");
+            }
+            assert!(
+                section.contains("\n| group | listener |"),
+                "{heading}: no table"
+            );
+        }
+        let root = paths::repo_root().display().to_string();
+        for line in doc.lines() {
+            assert!(
+                !line.contains(&root) && !line.contains("envoy-bin"),
+                "a machine path: {line}"
+            );
+        }
+    }
 }
