@@ -109,6 +109,14 @@ impl Phase {
             Phase::Unspecified => "UNSPECIFIED_PHASE",
         }
     }
+
+    /// The same phase in TrafficExtension's `ExecutionPhase` enum.
+    pub fn execution_phase(self) -> &'static str {
+        match self {
+            Phase::Unspecified => "UNSPECIFIED",
+            other => other.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

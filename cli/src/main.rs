@@ -1,5 +1,5 @@
 //! `meshwasm`: check plugin configurations with the filters' own parsers, render
-//! WasmPlugin/EnvoyFilter manifests, build/push/pull the OCI images Istio pulls.
+//! WasmPlugin/TrafficExtension/EnvoyFilter manifests, build/push/pull the OCI images Istio pulls.
 
 mod filter;
 mod image;
@@ -94,6 +94,9 @@ enum Command {
     },
     /// Render a WasmPlugin manifest carrying the configuration.
     Wasmplugin(RenderArgs),
+    /// Render an Istio TrafficExtension (extensions.istio.io/v1alpha1, the API that
+    /// supersedes WasmPlugin): the same options, the module under `spec.wasm`.
+    Trafficextension(RenderArgs),
     /// Render the EnvoyFilter equivalent (clusters without WasmPlugin).
     Envoyfilter {
         #[command(flatten)]
@@ -283,11 +286,12 @@ fn run(command: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Wasmplugin(args) => render(&args, None),
+        Command::Wasmplugin(args) => render(&args, Kind::WasmPlugin),
+        Command::Trafficextension(args) => render(&args, Kind::TrafficExtension),
         Command::Envoyfilter {
             render: args,
             context,
-        } => render(&args, Some(&context)),
+        } => render(&args, Kind::EnvoyFilter(&context)),
         Command::Image(ImageCommand::Build {
             filter,
             output,
@@ -405,7 +409,15 @@ fn check(filter: Filter, file: &Path, print: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn render(args: &RenderArgs, envoyfilter_context: Option<&str>) -> Result<(), CliError> {
+/// What `render` writes.
+enum Kind<'a> {
+    WasmPlugin,
+    TrafficExtension,
+    /// With its patch context.
+    EnvoyFilter(&'a str),
+}
+
+fn render(args: &RenderArgs, kind: Kind<'_>) -> Result<(), CliError> {
     let report = checked(args.filter, &args.file)?;
     let (url, url_digest) = manifest::normalize_url(&args.image);
     let sha256 = match (&args.sha256, url_digest) {
@@ -460,9 +472,10 @@ fn render(args: &RenderArgs, envoyfilter_context: Option<&str>) -> Result<(), Cl
             pull_policy: args.image_pull_policy.clone(),
             pull_secret: args.image_pull_secret.clone(),
         };
-        out.push(match envoyfilter_context {
-            None => manifest::wasmplugin(&p, config),
-            Some(ctx) => manifest::envoyfilter(&p, config, ctx),
+        out.push(match kind {
+            Kind::WasmPlugin => manifest::wasmplugin(&p, config),
+            Kind::TrafficExtension => manifest::trafficextension(&p, config),
+            Kind::EnvoyFilter(ctx) => manifest::envoyfilter(&p, config, ctx),
         });
     }
     let yaml = manifest::to_yaml(&out)?;

@@ -1,4 +1,5 @@
-//! WasmPlugin and EnvoyFilter manifests for a filter and its plugin configuration.
+//! WasmPlugin, TrafficExtension and EnvoyFilter manifests for a filter and its plugin
+//! configuration.
 
 use serde_json::{json, Map, Value};
 
@@ -99,6 +100,50 @@ pub fn wasmplugin(p: &Placement, config: &Value) -> Value {
     json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
+        "metadata": metadata(p),
+        "spec": spec,
+    })
+}
+
+/// `extensions.istio.io/v1alpha1` TrafficExtension, the API that supersedes
+/// WasmPlugin: placement (`selector`, `phase`, `priority`) on the spec, the module
+/// and its `pluginConfig` under `wasm`. The fields carry the values `wasmplugin`
+/// writes, except the phase's name: TrafficExtension's unspecified phase is
+/// `UNSPECIFIED` (WasmPlugin's is `UNSPECIFIED_PHASE`).
+pub fn trafficextension(p: &Placement, config: &Value) -> Value {
+    let mut wasm = Map::new();
+    wasm.insert("url".into(), Value::String(p.url.clone()));
+    if let Some(sha) = &p.sha256 {
+        wasm.insert("sha256".into(), Value::String(sha.clone()));
+    }
+    if let Some(policy) = &p.pull_policy {
+        wasm.insert("imagePullPolicy".into(), Value::String(policy.clone()));
+    }
+    if let Some(secret) = &p.pull_secret {
+        wasm.insert("imagePullSecret".into(), Value::String(secret.clone()));
+    }
+    wasm.insert(
+        "failStrategy".into(),
+        Value::String(p.fail_strategy.as_str().into()),
+    );
+    wasm.insert("pluginName".into(), Value::String(p.filter.name().into()));
+    wasm.insert("type".into(), Value::String("HTTP".into()));
+    wasm.insert("pluginConfig".into(), config.clone());
+    let mut spec = Map::new();
+    if !p.selector.is_empty() {
+        spec.insert("selector".into(), json!({ "matchLabels": labels(p) }));
+    }
+    spec.insert(
+        "phase".into(),
+        Value::String(p.phase.execution_phase().into()),
+    );
+    if let Some(prio) = p.priority {
+        spec.insert("priority".into(), Value::from(prio));
+    }
+    spec.insert("wasm".into(), Value::Object(wasm));
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "TrafficExtension",
         "metadata": metadata(p),
         "spec": spec,
     })

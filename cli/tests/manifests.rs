@@ -1,12 +1,15 @@
 //! Every manifest in envoy-configs/istio/ and every one `meshwasm wasmplugin` /
-//! `meshwasm envoyfilter` renders validates against Istio's CRD schema, checked
-//! the way `kubectl apply --validate=strict` does: the openAPIV3Schema, plus no
-//! field the schema does not know (structural schemas prune those silently), plus
-//! the two CEL rules that matter here (url scheme; one of selector/targetRef(s)).
+//! `meshwasm trafficextension` / `meshwasm envoyfilter` renders validates against
+//! Istio's CRD schema, checked the way `kubectl apply --validate=strict` does: the
+//! openAPIV3Schema, plus no field the schema does not know (structural schemas prune
+//! those silently), plus the CEL rules that matter here (url scheme; one of
+//! selector/targetRef(s); for TrafficExtension, exactly one of wasm/lua).
 //!
 //! The CRDs (WasmPlugin and EnvoyFilter, and VirtualService, AuthorizationPolicy and
 //! RequestAuthentication for the seed policies in policies/) are copied verbatim from
-//! istio/api into tests/data, so every check runs from a bare clone.
+//! istio/api into tests/data, so every check runs from a bare clone. TrafficExtension's
+//! schema (tests/data/trafficextension-crd.yaml) is not a copy: it is our own
+//! transcription of the fields istio/api documents for it (see that file's header).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -88,21 +91,33 @@ fn validate(object: &Value, crds: &[(String, String, Value)]) -> Vec<String> {
         .iter_errors(object)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect();
-    if kind == "WasmPlugin" {
-        let spec = &object["spec"];
-        let url = spec["url"].as_str().unwrap_or("");
+    let spec = &object["spec"];
+    let url_rule = |url_path: &str, url: &Value, errors: &mut Vec<String>| {
+        let url = url.as_str().unwrap_or("");
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         if !["", "http", "https", "oci", "file"].contains(&scheme) {
             errors.push(format!(
-                "/spec/url: url must have schema one of [http, https, file, oci]: {url}"
+                "{url_path}: url must have schema one of [http, https, file, oci]: {url}"
             ));
         }
-        let set = ["selector", "targetRef", "targetRefs"]
-            .iter()
-            .filter(|k| spec.get(**k).is_some())
-            .count();
+    };
+    let one_target = |fields: &[&str], errors: &mut Vec<String>| {
+        let set = fields.iter().filter(|k| spec.get(**k).is_some()).count();
         if set > 1 {
             errors.push("/spec: only one of targetRefs or selector can be set".into());
+        }
+    };
+    if kind == "WasmPlugin" {
+        url_rule("/spec/url", &spec["url"], &mut errors);
+        one_target(&["selector", "targetRef", "targetRefs"], &mut errors);
+    }
+    if kind == "TrafficExtension" {
+        if spec.get("wasm").is_some() {
+            url_rule("/spec/wasm/url", &spec["wasm"]["url"], &mut errors);
+        }
+        one_target(&["selector", "targetRefs"], &mut errors);
+        if spec.get("wasm").is_some() == spec.get("lua").is_some() {
+            errors.push("/spec: exactly one of wasm or lua must be set".into());
         }
     }
     errors
@@ -110,6 +125,12 @@ fn validate(object: &Value, crds: &[(String, String, Value)]) -> Vec<String> {
 
 fn crds() -> Vec<(String, String, Value)> {
     schemas(&crd_file())
+}
+
+/// The TrafficExtension schema: our own transcription of istio/api's
+/// traffic_extension.proto (see the header of tests/data/trafficextension-crd.yaml).
+fn trafficextension_crd() -> Vec<(String, String, Value)> {
+    schemas(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/trafficextension-crd.yaml"))
 }
 
 #[test]
@@ -200,7 +221,11 @@ fn committed_manifests_validate() {
         seen_kinds.get("EnvoyFilter").copied().unwrap_or(0) >= 5,
         "{seen_kinds:?}"
     );
-    for kind in ["VirtualService", "AuthorizationPolicy", "RequestAuthentication"] {
+    for kind in [
+        "VirtualService",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+    ] {
         assert!(seen_kinds.contains_key(kind), "{kind}: {seen_kinds:?}");
     }
 }
@@ -356,4 +381,208 @@ fn committed_manifests_are_up_to_date() {
             );
         }
     }
+}
+
+#[test]
+fn the_validator_catches_broken_trafficextensions() {
+    let crds = trafficextension_crd();
+    assert_eq!(crds.len(), 1, "TrafficExtension v1alpha1");
+    let good = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+        "metadata": {"name": "x", "namespace": "istio-system"},
+        "spec": {"phase": "AUTHN", "priority": 3,
+                 "wasm": {"url": "oci://r/x:1", "failStrategy": "FAIL_CLOSE", "pluginConfig": {"any": ["thing"]}}},
+    });
+    assert_eq!(validate(&good, &crds), Vec::<String>::new());
+    let lua = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+        "metadata": {"name": "x"},
+        "spec": {"lua": {"inlineCode": "function envoy_on_request(h) end"}},
+    });
+    assert_eq!(validate(&lua, &crds), Vec::<String>::new());
+    let cases = [
+        // WasmPlugin's name for the unspecified phase is not TrafficExtension's.
+        ("/spec/phase", json!({"phase": "UNSPECIFIED_PHASE"})),
+        // The module's fields live under wasm, not on the spec.
+        ("/spec", json!({"url": "oci://r/x:1"})),
+        (
+            "/spec/wasm/sha256",
+            json!({"wasm": {"url": "oci://r/x:1", "sha256": "sha256:abc"}}),
+        ),
+        ("/spec/wasm/url", json!({"wasm": {"url": "ftp://r/x"}})),
+        ("/spec/wasm", json!({"wasm": {"pluginName": "x"}})),
+        (
+            "/spec/wasm/failStrategy",
+            json!({"wasm": {"url": "r/x", "failStrategy": "FAIL_CLOSED"}}),
+        ),
+        ("/spec/wasm", json!({"wasm": {"url": "r/x", "rootId": "x"}})),
+        ("/spec", json!({"lua": {"inlineCode": "x"}})),
+        (
+            "/spec",
+            json!({"selector": {"matchLabels": {"a": "b"}}, "targetRefs": [{"kind": "Gateway", "name": "g"}]}),
+        ),
+    ];
+    for (path, patch) in cases {
+        let mut bad = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            bad["spec"][k] = v.clone();
+        }
+        let errors = validate(&bad, &crds);
+        assert!(
+            errors.iter().any(|e| e.starts_with(path)),
+            "{patch}: expected an error at {path}, got {errors:?}"
+        );
+    }
+    let mut neither = good.clone();
+    neither["spec"].as_object_mut().unwrap().remove("wasm");
+    assert!(
+        validate(&neither, &crds)
+            .iter()
+            .any(|e| e.contains("exactly one of wasm or lua")),
+        "{:?}",
+        validate(&neither, &crds)
+    );
+}
+
+/// `meshwasm trafficextension` takes `wasmplugin`'s options: every rendering
+/// validates, and carries the WasmPlugin's plugin configuration and settings.
+#[test]
+fn rendered_trafficextensions_validate_and_match_the_wasmplugin() {
+    let crds = trafficextension_crd();
+    let variants: [&[&str]; 4] = [
+        &[],
+        &[
+            "--selector",
+            "app=web",
+            "--selector",
+            "version=v1",
+            "--priority",
+            "10",
+            "-n",
+            "web",
+            "--name",
+            "web-policy",
+        ],
+        &[
+            "--sha256",
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "--no-selector",
+            "--image-pull-policy",
+            "Always",
+            "--image-pull-secret",
+            "pull-secret",
+        ],
+        &[
+            "--phase",
+            "STATS",
+            "--fail-strategy",
+            "FAIL_RELOAD",
+            "--priority=-5",
+        ],
+    ];
+    for f in FILTERS {
+        for extra in variants {
+            let te_yaml = render("trafficextension", f, extra);
+            let te = yaml_docs(&te_yaml);
+            assert_eq!(te.len(), 1, "{f} {extra:?}: {te_yaml}");
+            let te = &te[0];
+            let errors = validate(te, &crds);
+            assert!(errors.is_empty(), "{f} {extra:?}: {errors:?}\n{te_yaml}");
+            let wp = &yaml_docs(&render("wasmplugin", f, extra))[0];
+            let (ts, ws) = (&te["spec"], &wp["spec"]);
+            let w = &ts["wasm"];
+            assert_eq!(te["metadata"], wp["metadata"], "{f} {extra:?}");
+            assert_eq!(w["pluginConfig"], ws["pluginConfig"], "{f} {extra:?}");
+            for k in [
+                "url",
+                "sha256",
+                "imagePullPolicy",
+                "imagePullSecret",
+                "failStrategy",
+                "pluginName",
+                "type",
+            ] {
+                assert_eq!(w.get(k), ws.get(k), "{f} {extra:?}: wasm.{k}");
+            }
+            for k in ["selector", "priority"] {
+                assert_eq!(ts.get(k), ws.get(k), "{f} {extra:?}: {k}");
+            }
+            let phase = match ws["phase"].as_str().unwrap() {
+                "UNSPECIFIED_PHASE" => "UNSPECIFIED",
+                p => p,
+            };
+            assert_eq!(ts["phase"], phase, "{f} {extra:?}");
+            let keys: Vec<&String> = ts.as_object().unwrap().keys().collect();
+            assert!(
+                keys.iter()
+                    .all(|k| ["selector", "phase", "priority", "wasm"].contains(&k.as_str())),
+                "{f} {extra:?}: {keys:?}"
+            );
+        }
+        // The default phase and failure strategy are the WasmPlugin's (DESIGN.md's table).
+        let te = &yaml_docs(&render("trafficextension", f, &[]))[0];
+        let (phase, fail) = match f {
+            "jwt_authn" => ("AUTHN", "FAIL_CLOSE"),
+            "authz" => ("AUTHZ", "FAIL_CLOSE"),
+            "local_ratelimit" => ("AUTHZ", "FAIL_OPEN"),
+            _ => ("UNSPECIFIED", "FAIL_OPEN"),
+        };
+        assert_eq!(te["spec"]["phase"], phase, "{f}");
+        assert_eq!(te["spec"]["wasm"]["failStrategy"], fail, "{f}");
+    }
+}
+
+/// Several Istio objects in one file make one TrafficExtension each, named as the
+/// WasmPlugins are; an invalid policy renders nothing.
+#[test]
+fn trafficextension_per_object_and_refusals() {
+    let dir = Scratch::new("te-many");
+    let file = dir.path("two.yaml");
+    let vs = |name: &str, header: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: web}}\n\
+             spec:\n  hosts: [web.example.com]\n  http:\n  - match: [{{headers: {{{header}: {{exact: \"1\"}}}}}}]\n    \
+             fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}\n    route: [{{destination: {{host: web}}}}]\n"
+        )
+    };
+    std::fs::write(
+        &file,
+        format!("{}---\n{}", vs("one", "x-one"), vs("two", "x-two")),
+    )
+    .unwrap();
+    let args = |kind: &'static str| {
+        vec![
+            kind.to_string(),
+            "fault".into(),
+            "-f".into(),
+            dir.s("two.yaml"),
+            "--image".into(),
+            "r/x:1".into(),
+        ]
+    };
+    let te_args = args("trafficextension");
+    let te_args: Vec<&str> = te_args.iter().map(String::as_str).collect();
+    let wp_args = args("wasmplugin");
+    let wp_args: Vec<&str> = wp_args.iter().map(String::as_str).collect();
+    let te = yaml_docs(&run_ok(&te_args));
+    let wp = yaml_docs(&run_ok(&wp_args));
+    assert_eq!(te.len(), 2);
+    let crds = trafficextension_crd();
+    for (t, w) in te.iter().zip(&wp) {
+        assert_eq!(validate(t, &crds), Vec::<String>::new());
+        assert_eq!(t["metadata"]["name"], w["metadata"]["name"]);
+        assert_eq!(t["spec"]["wasm"]["pluginConfig"], w["spec"]["pluginConfig"]);
+    }
+    std::fs::write(dir.path("bad.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec: {action: NOPE}\n").unwrap();
+    let (code, out, err) = run(&[
+        "trafficextension",
+        "authz",
+        "-f",
+        &dir.s("bad.yaml"),
+        "--image",
+        "r/x:1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("spec.action"), "{err}");
 }
