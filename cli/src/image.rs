@@ -1,5 +1,5 @@
 //! OCI image layouts in the Wasm "compat" variant Istio's agent accepts
-//! (reference/istio-semantics.md §F.3): one `application/vnd.oci.image.layer.v1.tar+gzip`
+//! (istio-agent's `pkg/wasm` image fetcher): one `application/vnd.oci.image.layer.v1.tar+gzip`
 //! layer whose tar holds `plugin.wasm`, annotated `module.wasm.image/variant=compat`.
 //!
 //! Reproducible by construction: the tar entry has fixed mode/uid/gid/mtime and no

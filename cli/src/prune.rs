@@ -4,8 +4,8 @@
 //!
 //! The Rust SDK exports every `proxy_on_*` callback whether the filter uses it or
 //! not, and Envoy calls each one it finds: for a plain GET that is response
-//! headers, response body, `on_done` and `on_log`, each a VM entry of about 2 000
-//! instructions, about a third of a no-op filter's cost. Envoy skips a callback
+//! headers, response body, `on_done` and `on_log`, each a VM entry that costs
+//! as much as a cheap host call. Envoy skips a callback
 //! the module does not export (proxy-wasm-cpp-host: a missing export means
 //! "continue"). Each filter names the callbacks it implements in a
 //! `meshwasm.callbacks` custom section (`meshwasm_glue::callbacks!`); this keeps

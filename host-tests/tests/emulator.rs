@@ -1,6 +1,6 @@
 //! The emulator's own tests: the `probe` module (host-tests/probe) drives each host
 //! feature through request headers, and the assertions check Envoy's semantics
-//! (reference/proxy-wasm-envoy.md §8.2). Build the probe first:
+//! (listed in the emulator's module docs). Build the probe first:
 //! `cargo build --release --target wasm32-wasip1 -p probe` (`make test` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,14 +1,13 @@
-//! Host calls per request, for every `make bench` case: in Envoy (V8) every crossing
-//! between the VM and the host costs microseconds, so the count is the deterministic
-//! part of a filter's speed. Each case runs its bench listener's plugin configuration
+//! Host calls per request, for every `make bench` case: in Envoy (V8) crossings
+//! between the VM and the host are most of a filter's cost, so their count is the
+//! deterministic part of a filter's speed. Each case runs its bench listener's plugin configuration
 //! in the emulator with the bench request, and its crossings (host calls, the
 //! host's allocations in the VM for returned data, and Envoy's entries into the
 //! VM) and wasm operators (wasmtime fuel) must stay within the `hostcall_budget`
 //! and `wasm_operator_budget` the case declares in
-//! `envoy-configs/bench/<filter>.json`. Measured in Envoy 1.40 (callgrind, the
-//! `crossings` bench): a VM entry costs about 2 000 instructions, a host call
-//! returning data about 11 000, one returning none 1 000–4 000; a wasm operator
-//! about one instruction.
+//! `envoy-configs/bench/<filter>.json`. A budget sits just above what the case
+//! makes, so a change that adds a crossing or much work has to raise it, in sight.
+//! What each crossing costs in Envoy is in docs/performance.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Istio VirtualService `HTTPMatchRequest`, evaluated the way Envoy evaluates the
 //! `RouteMatch` istiod generates for it (pilot `route.go` `TranslateRouteMatch`).
 //!
-//! Semantics (reference/istio-semantics.md §D.1):
+//! Semantics:
 //! - A list of `match` entries is OR; the fields inside one entry are AND. An
 //!   empty list (no `match`) matches every request; so does an entry `{}`.
 //! - `uri`: `exact` and `regex` test `:path` without its query string and
@@ -630,9 +630,8 @@ pub fn ends_with_bytes(v: &[u8], suffix: &[u8]) -> bool {
 }
 
 /// `raw`, ASCII-lower-cased, equals `lower` (already lower-case): eight bytes
-/// at a time, like [`eq_bytes`]. The two loops stay apart: one generic loop
-/// for both (word and byte mapped by closures) made canary's requests 280
-/// wasm operators dearer.
+/// at a time, like [`eq_bytes`]. The two loops stay apart: a generic loop for
+/// both (word and byte mapped by closures) compiles to more wasm per request.
 pub fn eq_lower(raw: &[u8], lower: &[u8]) -> bool {
     if raw.len() != lower.len() {
         return false;

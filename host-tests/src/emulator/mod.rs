@@ -1,5 +1,5 @@
 //! A proxy-wasm host on wasmtime that drives a built `.wasm` the way Envoy 1.40 does
-//! (reference/proxy-wasm-envoy.md §8.2), for what real Envoy can't make deterministic:
+//! (its host semantics, listed below), for what real Envoy can't make deterministic:
 //! time, randomness, worker races, callouts.
 //!
 //! ```no_run

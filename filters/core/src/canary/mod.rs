@@ -2,7 +2,7 @@
 //! `route[]` destinations and `headers`) decided in the filter, so stock Envoy
 //! routes the request by a header the filter sets.
 //!
-//! Semantics (reference/istio-semantics.md §D.1–D.5, istiod route.go):
+//! Semantics (Istio's, as istiod's route.go translates them for Envoy):
 //! - `http[]` in order, first match wins; a route without `match` takes everything.
 //!   Matching is [`crate::http_match`].
 //! - One destination ⇒ that destination (its weight is ignored). More ⇒ Envoy

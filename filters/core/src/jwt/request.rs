@@ -20,7 +20,7 @@ pub enum HeaderOp {
 /// sequences replaced (checked only for the values actually read).
 fn text(v: &[u8]) -> Cow<'_, str> {
     // `from_utf8` checks ASCII a word at a time; `from_utf8_lossy` goes byte
-    // by byte (thousands of wasm operators for a token).
+    // by byte, which a long token pays for.
     match std::str::from_utf8(v) {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(v),

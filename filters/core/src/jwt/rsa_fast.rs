@@ -1,6 +1,6 @@
-//! RSA public-key operation for RS256/384/512: the generic big-integer code
-//! costs ~1 ms per 2048-bit verification under V8; this is several times
-//! faster. PKCS#1 v1.5 only (PS* stays on the `rsa` crate).
+//! RSA public-key operation for RS256/384/512, written for V8: the generic
+//! big-integer code makes signature checks the bulk of a fresh token's cost.
+//! PKCS#1 v1.5 only (PS* stays on the `rsa` crate).
 //!
 //! Montgomery multiplication on 27-bit limbs held in u64 (SOS: the product,
 //! then the reduction): a column sums up to 1024 limb products (< 2^54 each)

@@ -1,5 +1,6 @@
 //! Envoy's local rate limit (`envoy.filters.http.local_ratelimit`, 1.40), with its
-//! `LocalRateLimit` configuration in proto JSON (reference/istio-semantics.md §E).
+//! `LocalRateLimit` configuration in proto JSON, as the EnvoyFilter of Istio's
+//! rate-limit task carries it.
 //!
 //! Semantics kept from Envoy 1.40 (`LocalRateLimiterImpl::requestAllowed`, checked
 //! against the native filter in the host tests):

@@ -2,8 +2,8 @@
 //! update can usually skip the shared-data read.
 //!
 //! Reading shared data is the costliest thing a bucket update does in Envoy
-//! (~11k instructions, most of it Envoy calling back into the VM to allocate the
-//! copy); writing is ~2.6k. Envoy gives every write the next value of one
+//! (Envoy calls back into the VM to allocate the copy); writing is several
+//! times cheaper. Envoy gives every write the next value of one
 //! process-wide CAS counter (`SharedData::nextCas`: 1, 2, 3, ..., skipping 0),
 //! so a worker that remembers the value it wrote can also predict the CAS that
 //! write got: the counter's next value, if nobody else in the process wrote in
@@ -45,8 +45,8 @@ pub const COOL_DOWN: u8 = 8;
 pub const CONTENDED: u8 = 2;
 
 /// Bytes of remembered keys and values per worker; beyond it the memory starts
-/// again (it is only an optimisation, never needed for correctness). 10 000
-/// per-user buckets take ~180 KiB.
+/// again (it is only an optimisation, never needed for correctness). Enough
+/// for about 10 000 per-user buckets.
 pub const MAX_REMEMBERED_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Default)]
