@@ -41,7 +41,8 @@ impl Filter {
         format!("meshwasm-{}", self.name().replace('_', "-"))
     }
 
-    /// WasmPlugin phase (DESIGN.md's table).
+    /// WasmPlugin phase, in Istio's filter order: authentication first, then
+    /// authorization and rate limits; fault and routing where Istio puts them.
     pub fn default_phase(self) -> Phase {
         match self {
             Filter::JwtAuthn => Phase::Authn,

@@ -519,7 +519,7 @@ fn rendered_trafficextensions_validate_and_match_the_wasmplugin() {
                 "{f} {extra:?}: {keys:?}"
             );
         }
-        // The default phase and failure strategy are the WasmPlugin's (DESIGN.md's table).
+        // The default phase and failure strategy are the WasmPlugin's.
         let te = &yaml_docs(&render("trafficextension", f, &[]))[0];
         let (phase, fail) = match f {
             "jwt_authn" => ("AUTHN", "FAIL_CLOSE"),
