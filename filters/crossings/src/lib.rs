@@ -1,6 +1,6 @@
 //! `crossings`: a benchmark-only module that makes one kind of Envoy↔VM crossing
 //! a configured number of times per request, so `make bench` can price each
-//! kind in Envoy's own wasm host (BENCHMARKS.md, "What a crossing costs").
+//! kind in Envoy's own wasm host (docs/performance.md, "What a crossing costs").
 //!
 //! Plugin configuration: `<op> <repeat>`, e.g. `header_map 10`. In
 //! `on_http_request_headers` the op runs `repeat` times; everything else is
