@@ -5,6 +5,7 @@
 //!   `envoy-configs/`, killed when the test ends.
 //! - [`upstream`]: an echo server that returns the request it saw as JSON, or answers
 //!   with whatever a test's handler says (JWKS, ext_authz, ...).
+//! - [`grpc_authz`]: a gRPC ext_authz server (tonic) answering as a test scripts.
 //! - [`http`]: a raw HTTP/1.1 client (exact path bytes, any header).
 //! - [`twin`]: the same request cases against the meshwasm listener and the native
 //!   twin's listener of one Envoy, with every differing outcome reported.
@@ -20,6 +21,7 @@ pub mod demo;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod envoy;
+pub mod grpc_authz;
 pub mod http;
 pub mod openssl;
 pub mod paths;

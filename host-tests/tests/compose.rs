@@ -728,3 +728,72 @@ fn docker_compose_stack_answers_with_every_policy() {
         started.elapsed().as_secs_f64()
     );
 }
+
+fn compose_file(name: &str) -> serde_yaml_ng::Value {
+    let path = paths::repo_root().join(name);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn services(file: &serde_yaml_ng::Value) -> Vec<(String, serde_yaml_ng::Value)> {
+    file["services"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_str().unwrap_or("").to_string(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Without Docker: the public images stay the defaults, and the loopback override
+/// covers every service of docker-compose.yml (a service added there without an
+/// entry here would listen beyond 127.0.0.1, or on a network the test cannot reach).
+#[test]
+fn the_compose_files_keep_public_defaults_and_loopback_covers_every_service() {
+    let base = compose_file("docker-compose.yml");
+    let loopback = compose_file("docker-compose.loopback.yml");
+    let published = compose_file("docker-compose.override.yml");
+    let images: Vec<String> = services(&base)
+        .iter()
+        .map(|(_, s)| s["image"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        images.contains(&"${ENVOY_IMAGE:-envoyproxy/envoy:v1.40-latest}".to_string()),
+        "{images:?}"
+    );
+    assert!(
+        images.contains(&"${UPSTREAM_IMAGE:-hashicorp/http-echo:1.0}".to_string()),
+        "{images:?}"
+    );
+    let over = services(&loopback);
+    for (name, service) in services(&base) {
+        // Host networking cannot have published ports: those live in the override
+        // `docker compose up` reads by default.
+        assert!(
+            service.get("ports").is_none(),
+            "docker-compose.yml: {name} publishes ports (put them in docker-compose.override.yml)"
+        );
+        let o = over
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("docker-compose.loopback.yml has no {name}"));
+        assert_eq!(
+            o["network_mode"].as_str(),
+            Some("host"),
+            "docker-compose.loopback.yml: {name}"
+        );
+        let says_loopback = serde_yaml_ng::to_string(o).unwrap().contains("127.0.0.1");
+        assert!(
+            says_loopback,
+            "docker-compose.loopback.yml: {name} does not bind 127.0.0.1"
+        );
+    }
+    for (name, _) in services(&published) {
+        assert!(
+            services(&base).iter().any(|(n, _)| *n == name),
+            "docker-compose.override.yml: {name} is not a service of docker-compose.yml"
+        );
+    }
+}

@@ -10,7 +10,12 @@ use std::time::Duration;
 
 use meshwasm_core::authz::matchers::parse_socket_ip;
 use meshwasm_core::authz::metadata::{filter_metadata_from_proto, payload_from_filter_state};
-use meshwasm_core::authz::{Authz, ExtAuthzOutcome, ExtAuthzSettings, RequestAttrs};
+use meshwasm_core::authz::{
+    Authz, CheckAttributes, CheckOk, ExtAuthzOutcome, ExtAuthzService, ExtAuthzSettings,
+    RequestAttrs,
+};
+use meshwasm_core::header_ops::HeaderToAdd;
+use meshwasm_core::http_match::edit_query;
 use meshwasm_core::jwt::FILTER_STATE_PAYLOAD;
 use meshwasm_glue as glue;
 use proxy_wasm::hostcalls;
@@ -21,9 +26,14 @@ use serde_json::Value;
 const FILTER: &str = "authz";
 const JWT_AUTHN_METADATA: &str = "envoy.filters.http.jwt_authn";
 
-// Envoy enters the VM only for these: the decision, the CUSTOM provider's answer,
-// and `delete` (frees the stream). `make build` prunes every other callback.
-meshwasm_glue::callbacks!("request_headers http_call_response delete");
+// Envoy enters the VM only for these: the decision, the CUSTOM provider's answer
+// (HTTP, or gRPC: its message or its close), the response headers an allowing answer may add to, and
+// `delete` (frees the stream). `make build` prunes every other callback.
+meshwasm_glue::callbacks!(
+    "request_headers response_headers http_call_response grpc_receive grpc_close delete"
+);
+
+const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
@@ -97,6 +107,7 @@ impl RootContext for Root {
             authz,
             metrics: self.metrics,
             custom: None,
+            response_headers: Vec::new(),
         }))
     }
 }
@@ -138,6 +149,11 @@ impl View {
         }
     }
 
+    /// Drops the headers read so far (the request was edited since).
+    fn forget_headers(&mut self) {
+        self.headers = None;
+    }
+
     fn headers(&mut self) -> &glue::HeaderIndex {
         let slots = &self.slots;
         self.headers
@@ -162,10 +178,56 @@ impl View {
         out
     }
 
+    /// The request's address, principal and protocol fields of a gRPC
+    /// CheckRequest, read from the host.
+    fn check_attributes(&self) -> CheckAttributeValues {
+        let first = |attrs: [&str; 2]| {
+            attrs
+                .iter()
+                .find_map(|a| glue::property_string(&["connection", a]))
+                .unwrap_or_default()
+        };
+        CheckAttributeValues {
+            source_address: glue::property_string(&["source", "address"]).unwrap_or_default(),
+            destination_address: glue::property_string(&["destination", "address"])
+                .unwrap_or_default(),
+            source_principal: first(["uri_san_peer_certificate", "subject_peer_certificate"]),
+            destination_principal: first([
+                "uri_san_local_certificate",
+                "subject_local_certificate",
+            ]),
+            protocol: glue::property_string(&["request", "protocol"]).unwrap_or_default(),
+            time_nanos: glue::property_u64(&["request", "time"]).unwrap_or_else(glue::now_nanos),
+        }
+    }
+
     fn metadata_bytes(&mut self) -> Option<&[u8]> {
         self.metadata
             .get_or_insert_with(|| glue::property(&["metadata"]))
             .as_deref()
+    }
+}
+
+/// Owned values behind [`CheckAttributes`].
+struct CheckAttributeValues {
+    source_address: String,
+    destination_address: String,
+    source_principal: String,
+    destination_principal: String,
+    protocol: String,
+    time_nanos: u64,
+}
+
+impl CheckAttributeValues {
+    fn borrow(&self) -> CheckAttributes<'_> {
+        CheckAttributes {
+            source_address: &self.source_address,
+            destination_address: &self.destination_address,
+            source_principal: &self.source_principal,
+            destination_principal: &self.destination_principal,
+            protocol: &self.protocol,
+            time_nanos: self.time_nanos,
+        }
     }
 }
 
@@ -279,8 +341,10 @@ struct Http {
     authz: Rc<Authz>,
     view: View,
     metrics: Metrics,
-    /// The CUSTOM check in flight: matching policy id.
-    custom: Option<String>,
+    /// The CUSTOM check in flight: its callout token and the matching policy id.
+    custom: Option<(u32, String)>,
+    /// Headers an allowing ext_authz answer adds to the response.
+    response_headers: Vec<HeaderToAdd>,
 }
 
 impl Http {
@@ -317,15 +381,32 @@ impl Http {
 
     fn dispatch_custom(&mut self, settings: &ExtAuthzSettings, id: String) -> Action {
         let request = self.view.header_pairs();
-        let headers = settings.check_headers(&request);
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let timeout = Duration::from_millis(settings.timeout_ms);
-        match hostcalls::dispatch_http_call(&settings.cluster, headers, None, vec![], timeout) {
-            Ok(_) => {
-                self.custom = Some(id);
+        let token = match &settings.service {
+            ExtAuthzService::Http(http) => {
+                let headers = http.check_headers(&settings.authority, &request);
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                hostcalls::dispatch_http_call(&settings.cluster, headers, None, vec![], timeout)
+            }
+            ExtAuthzService::Grpc(grpc) => {
+                let attrs = self.view.check_attributes();
+                let message = grpc.check_request(&request, &attrs.borrow());
+                hostcalls::dispatch_grpc_call(
+                    &grpc.target,
+                    AUTHORIZATION_SERVICE,
+                    "Check",
+                    vec![],
+                    Some(&message),
+                    timeout,
+                )
+            }
+        };
+        match token {
+            Ok(token) => {
+                self.custom = Some((token, id));
                 Action::Pause
             }
             Err(_) => {
@@ -338,19 +419,54 @@ impl Http {
         }
     }
 
+    /// The policy id of the check in flight, when `token` is its answer; a
+    /// stale or foreign answer is never taken as a verdict.
+    fn take_custom(&mut self, token: u32) -> Option<String> {
+        self.custom.take_if(|(t, _)| *t == token).map(|(_, id)| id)
+    }
+
+    /// Applies an allowing answer's edits to the request (and keeps its
+    /// response headers for later).
+    fn apply_allow(&mut self, ok: CheckOk) {
+        let edits_request = !ok.request_headers.is_empty()
+            || !ok.request_headers_to_remove.is_empty()
+            || ok.edits_query();
+        glue::apply_header_options(MapType::HttpRequestHeaders, &ok.request_headers);
+        for name in &ok.request_headers_to_remove {
+            glue::remove_request_header(name);
+        }
+        if ok.edits_query() {
+            if let Some(path) = glue::request_header(":path") {
+                let path = String::from_utf8_lossy(&path);
+                let edited = edit_query(
+                    &path,
+                    &ok.query_parameters_to_set,
+                    &ok.query_parameters_to_remove
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                );
+                glue::set_request_header(":path", Some(edited.as_bytes()));
+            }
+        }
+        if edits_request {
+            // The later RBAC filters see the edited request, as in Envoy.
+            self.view.forget_headers();
+        }
+        self.response_headers = ok.response_headers;
+    }
+
     /// Applies the ext_authz outcome; on allow, goes on with the other actions.
     fn after_custom(&mut self, outcome: ExtAuthzOutcome, error: bool, id: &str) -> Action {
         if error {
             self.metrics.ext_authz_error.inc();
         }
         match outcome {
-            ExtAuthzOutcome::Allow { upstream_headers } => {
+            ExtAuthzOutcome::Allow(ok) => {
                 if !error {
                     self.metrics.ext_authz_allowed.inc();
                 }
-                for (k, v) in &upstream_headers {
-                    glue::set_request_header(k, Some(v.as_bytes()));
-                }
+                self.apply_allow(ok);
                 self.enforce()
             }
             ExtAuthzOutcome::Deny {
@@ -378,19 +494,30 @@ impl Http {
             }
         }
     }
+
+    fn resume_after(&mut self, outcome: ExtAuthzOutcome, error: bool, id: &str) {
+        if let Action::Continue = self.after_custom(outcome, error, id) {
+            glue::resume_request();
+        }
+    }
 }
 
 impl Context for Http {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         num_headers: usize,
         body_size: usize,
         _: usize,
     ) {
-        let Some(id) = self.custom.take() else { return };
+        let Some(id) = self.take_custom(token) else {
+            return;
+        };
         let authz = self.authz.clone();
         let Some(settings) = authz.custom_settings() else {
+            return;
+        };
+        let ExtAuthzService::Http(http) = &settings.service else {
             return;
         };
         // A failed call arrives with no headers; reading them then would trap.
@@ -413,12 +540,34 @@ impl Context for Http {
                 .unwrap_or_default();
             (status, headers, body)
         };
-        let (outcome, error) = match settings.outcome(status, &headers, body) {
-            Some(o) => (o, false),
-            None => (settings.on_error(), true),
+        match http.outcome(status, &headers, body) {
+            Some(o) => self.resume_after(o, false, &id),
+            None => self.resume_after(settings.on_error(), true, &id),
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let Some(id) = self.take_custom(token) else {
+            return;
         };
-        if let Action::Continue = self.after_custom(outcome, error, &id) {
-            glue::resume_request();
+        let authz = self.authz.clone();
+        let Some(settings) = authz.custom_settings() else {
+            return;
+        };
+        let ExtAuthzService::Grpc(grpc) = &settings.service else {
+            return;
+        };
+        let message = if status_code == 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        match grpc.outcome(status_code, &message) {
+            Some(o) => self.resume_after(o, false, &id),
+            None => self.resume_after(settings.on_error(), true, &id),
         }
     }
 }
@@ -432,5 +581,12 @@ impl HttpContext for Http {
             }
         }
         self.enforce()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.response_headers.is_empty() {
+            glue::apply_header_options(MapType::HttpResponseHeaders, &self.response_headers);
+        }
+        Action::Continue
     }
 }

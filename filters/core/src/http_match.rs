@@ -693,6 +693,69 @@ fn parse_query(path: &[u8]) -> Vec<(&[u8], &[u8])> {
         .collect()
 }
 
+// ------------------------------------------------------------ query strings
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// `%XX` decoding as Envoy's `PercentEncoding::decode` (invalid escapes kept).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `QueryParamsMulti::parseAndDecodeQueryString`, in order of appearance.
+pub fn parse_query_decoded(path: &str) -> Vec<(String, String)> {
+    let Some(q) = path.find('?').map(|i| &path[i + 1..]) else {
+        return Vec::new();
+    };
+    let q = q.split('#').next().unwrap_or("");
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// `QueryParamsMulti::overwrite` for each of `set`, then `remove` for each of
+/// `remove`, then `replaceQueryString`: the parameters are written back
+/// decoded, sorted by name (Envoy keeps them in a btree map), a name's values
+/// in their order; no `?` when none is left.
+pub fn edit_query(path: &str, set: &[(String, String)], remove: &[&str]) -> String {
+    let base = path.split('?').next().unwrap_or("");
+    let mut params = parse_query_decoded(path);
+    for (k, v) in set {
+        params.retain(|(name, _)| name != k);
+        params.push((k.clone(), v.clone()));
+    }
+    params.retain(|(k, _)| !remove.contains(&k.as_str()));
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = base.to_string();
+    for (i, (k, v)) in params.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -1199,5 +1262,20 @@ mod tests {
         assert_eq!(view.header_first("x-a"), Some(&b"1"[..]));
         assert_eq!(view.header("x-c"), None);
         assert_eq!(view.path(), b"/");
+    }
+
+    #[test]
+    fn edit_query_as_envoy() {
+        let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(edit_query("/p?b=2&a=1&b=3", &[], &["a"]), "/p?b=2&b=3");
+        assert_eq!(
+            edit_query("/p?b=2&a=1&b=3", &[set("b", "9")], &[]),
+            "/p?a=1&b=9"
+        );
+        assert_eq!(edit_query("/p", &[set("k", "v")], &[]), "/p?k=v");
+        assert_eq!(edit_query("/p?k=v", &[], &["k"]), "/p");
+        // Set, then remove: a name in both is gone.
+        assert_eq!(edit_query("/p?x=1", &[set("k", "v")], &["k"]), "/p?x=1");
+        assert_eq!(edit_query("/p?a%20b=c%2Fd", &[], &[]), "/p?a b=c/d");
     }
 }

@@ -13,6 +13,8 @@ pub use config::{ConfigError, FieldPath};
 pub mod authz;
 pub mod canary;
 pub mod fault;
+pub mod header_ops;
 pub mod http_match;
 pub mod jwt;
+pub mod proto;
 pub mod ratelimit;

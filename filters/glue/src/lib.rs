@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use meshwasm_core::header_ops::{AppendAction, HeaderEdit, HeaderToAdd};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
@@ -227,6 +228,26 @@ pub fn add_response_header(name: &str, value: &[u8]) {
 
 pub fn remove_response_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+}
+
+/// Applies Envoy `HeaderValueOption`s to a header map, reading a header's
+/// presence only when its action depends on it.
+pub fn apply_header_options(map: MapType, options: &[HeaderToAdd]) {
+    for h in options {
+        let exists = matches!(
+            h.action,
+            AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists
+        ) && hostcalls::get_map_value_bytes(map, &h.name)
+            .ok()
+            .flatten()
+            .is_some();
+        let value = Some(h.value.as_bytes());
+        let _ = match h.edit(exists) {
+            HeaderEdit::Add => hostcalls::add_map_value_bytes(map, &h.name, h.value.as_bytes()),
+            HeaderEdit::Set => hostcalls::set_map_value_bytes(map, &h.name, value),
+            HeaderEdit::None => Ok(()),
+        };
+    }
 }
 
 /// A property as raw bytes; None when absent, empty or not addressable here.

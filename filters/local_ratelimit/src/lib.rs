@@ -18,7 +18,7 @@ use meshwasm_glue as glue;
 use meshwasm_glue::HostStore;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::types::{Action, ContextType, MapType};
 
 const FILTER: &str = "local_ratelimit";
 const BODY: &str = "local_rate_limited";
@@ -258,27 +258,10 @@ impl HttpContext for Http {
             }
             Verdict::LimitedNotEnforced => {
                 sh.counters.rate_limited.inc();
-                for h in &cfg.request_headers_to_add_when_not_enforced {
-                    if h.value.is_empty() && !h.keep_empty_value {
-                        continue;
-                    }
-                    let exists = glue::request_header(&h.name).is_some();
-                    match h.action {
-                        AppendAction::AppendIfExistsOrAdd => {
-                            glue::add_request_header(&h.name, h.value.as_bytes())
-                        }
-                        AppendAction::AddIfAbsent if !exists => {
-                            glue::add_request_header(&h.name, h.value.as_bytes())
-                        }
-                        AppendAction::OverwriteIfExistsOrAdd => {
-                            glue::set_request_header(&h.name, Some(h.value.as_bytes()))
-                        }
-                        AppendAction::OverwriteIfExists if exists => {
-                            glue::set_request_header(&h.name, Some(h.value.as_bytes()))
-                        }
-                        _ => {}
-                    }
-                }
+                glue::apply_header_options(
+                    MapType::HttpRequestHeaders,
+                    &cfg.request_headers_to_add_when_not_enforced,
+                );
                 Action::Continue
             }
             Verdict::Limited => {

@@ -5,22 +5,38 @@
 use std::collections::BTreeMap;
 
 use super::config::{
-    Action, AuthorizationPolicy, AuthzConfig, Condition, ExtAuthzHttp, Operation, Rule, Source,
+    Action, AuthorizationPolicy, AuthzConfig, Condition, ExtAuthzGrpc, ExtAuthzHttp, Operation,
+    Rule, Source,
 };
 use super::matchers::{istio_string, uri_template, Cidr, StrMatch, Tok};
 use super::{Authz, Cond, Engine, Leaf, Needs, Policy};
 use crate::config::{parse_duration, ConfigError, FieldPath};
 
-/// A CUSTOM provider resolved from `extensionProviders[].envoyExtAuthzHttp`.
+/// A CUSTOM provider resolved from `extensionProviders[]`: what both kinds
+/// share, and how the server is called.
 #[derive(Debug, Clone)]
 pub struct ExtAuthzSettings {
     pub provider: String,
     pub cluster: String,
+    /// The `:authority` of the check (the provider's `service`).
     pub authority: String,
     pub timeout_ms: u64,
-    pub path_prefix: String,
     pub fail_open: bool,
     pub status_on_error: u32,
+    pub service: ExtAuthzService,
+}
+
+/// `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`.
+#[derive(Debug, Clone)]
+pub enum ExtAuthzService {
+    Http(HttpService),
+    Grpc(GrpcService),
+}
+
+/// An `envoyExtAuthzHttp` provider's check-request and answer settings.
+#[derive(Debug, Clone)]
+pub struct HttpService {
+    pub path_prefix: String,
     pub(crate) include_request_headers: Vec<StrMatch>,
     pub include_additional_headers: Vec<(String, String)>,
     pub(crate) headers_to_upstream_on_allow: Vec<StrMatch>,
@@ -28,12 +44,21 @@ pub struct ExtAuthzSettings {
     pub(crate) headers_to_downstream_on_deny: Vec<StrMatch>,
 }
 
+/// An `envoyExtAuthzGrpc` provider.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    /// The serialized `envoy.config.core.v3.GrpcService` (cluster and
+    /// authority) that Envoy's wasm host takes in place of a cluster name;
+    /// valid UTF-8, as the SDK passes it as a string.
+    pub target: String,
+}
+
 fn any_header(list: &[StrMatch], name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     list.iter().any(|m| m.matches(&name))
 }
 
-impl ExtAuthzSettings {
+impl HttpService {
     /// Whether a client request header goes into the check request
     /// (`includeRequestHeadersInCheck`).
     pub fn include_request_header(&self, name: &str) -> bool {
@@ -111,7 +136,7 @@ pub(crate) fn compile(cfg: &AuthzConfig) -> Result<Authz, ConfigError> {
                 if !providers.contains_key(&name) {
                     return Err(err(
                         &ppath,
-                        format!("extension provider {name:?} not found in extensionProviders (or not an envoyExtAuthzHttp provider)"),
+                        format!("extension provider {name:?} not found in extensionProviders (or not an ext_authz provider)"),
                     ));
                 }
                 if let Some((other, _)) = &custom_provider {
@@ -246,13 +271,18 @@ fn resolve_providers(cfg: &AuthzConfig) -> Result<BTreeMap<String, ExtAuthzSetti
     let mut out = BTreeMap::new();
     for (i, p) in cfg.extension_providers.iter().enumerate() {
         let path = FieldPath::root().field("extensionProviders").index(i);
-        let Some(h) = &p.envoy_ext_authz_http else {
-            continue;
+        let settings = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &path,
+                    "envoyExtAuthzHttp and envoyExtAuthzGrpc are mutually exclusive",
+                ))
+            }
+            (Some(h), None) => ext_authz_http(&p.name, h, &path.field("envoyExtAuthzHttp"))?,
+            (None, Some(g)) => ext_authz_grpc(&p.name, g, &path.field("envoyExtAuthzGrpc"))?,
+            (None, None) => continue,
         };
-        out.insert(
-            p.name.clone(),
-            ext_authz(&p.name, h, &path.field("envoyExtAuthzHttp"))?,
-        );
+        out.insert(p.name.clone(), settings);
     }
     Ok(out)
 }
@@ -270,26 +300,34 @@ fn header_patterns(list: &[String], path: &FieldPath) -> Result<Vec<StrMatch>, C
         .collect()
 }
 
-fn ext_authz(name: &str, h: &ExtAuthzHttp, p: &FieldPath) -> Result<ExtAuthzSettings, ConfigError> {
-    if h.service.is_empty() {
+/// The fields both provider kinds share, validated as Istio does.
+struct Common {
+    cluster: String,
+    timeout_ms: u64,
+    status_on_error: u32,
+}
+
+fn common(
+    service: &str,
+    port: u32,
+    cluster: &Option<String>,
+    timeout: &Option<String>,
+    status_on_error: &Option<String>,
+    p: &FieldPath,
+) -> Result<Common, ConfigError> {
+    if service.is_empty() {
         return Err(err(&p.field("service"), "must not be empty"));
     }
-    if h.port == 0 || h.port > 65535 {
-        return Err(err(&p.field("port"), format!("invalid port {}", h.port)));
+    if port == 0 || port > 65535 {
+        return Err(err(&p.field("port"), format!("invalid port {port}")));
     }
-    if h.include_request_body_in_check.is_some() {
-        return Err(err(
-            &p.field("includeRequestBodyInCheck"),
-            "not supported by the meshwasm authz filter (the check is made at request headers)",
-        ));
-    }
-    let timeout_ms = match &h.timeout {
+    let timeout_ms = match timeout {
         Some(t) => parse_duration(t)
             .map_err(|e| err(&p.field("timeout"), e))?
             .as_millis() as u64,
         None => 600_000,
     };
-    let status_on_error = match &h.status_on_error {
+    let status_on_error = match status_on_error {
         Some(s) => s
             .parse::<u32>()
             .ok()
@@ -302,43 +340,134 @@ fn ext_authz(name: &str, h: &ExtAuthzHttp, p: &FieldPath) -> Result<ExtAuthzSett
             })?,
         None => 403,
     };
+    Ok(Common {
+        cluster: cluster
+            .clone()
+            .unwrap_or_else(|| format!("outbound|{port}||{service}")),
+        timeout_ms,
+        status_on_error,
+    })
+}
+
+fn ext_authz_http(
+    name: &str,
+    h: &ExtAuthzHttp,
+    p: &FieldPath,
+) -> Result<ExtAuthzSettings, ConfigError> {
+    let c = common(
+        &h.service,
+        h.port,
+        &h.cluster,
+        &h.timeout,
+        &h.status_on_error,
+        p,
+    )?;
+    if h.include_request_body_in_check.is_some() {
+        return Err(err(
+            &p.field("includeRequestBodyInCheck"),
+            "not supported by the meshwasm authz filter (the check is made at request headers)",
+        ));
+    }
     let path_prefix = h.path_prefix.clone();
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
         return Err(err(&p.field("pathPrefix"), "must start with '/'"));
     }
     Ok(ExtAuthzSettings {
         provider: name.to_string(),
-        cluster: h
-            .cluster
-            .clone()
-            .unwrap_or_else(|| format!("outbound|{}||{}", h.port, h.service)),
+        cluster: c.cluster,
         authority: h.service.clone(),
-        timeout_ms,
-        path_prefix,
+        timeout_ms: c.timeout_ms,
         fail_open: h.fail_open,
-        status_on_error,
-        include_request_headers: header_patterns(
-            &h.include_request_headers_in_check,
-            &p.field("includeRequestHeadersInCheck"),
-        )?,
-        include_additional_headers: h
-            .include_additional_headers_in_check
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
-        headers_to_upstream_on_allow: header_patterns(
-            &h.headers_to_upstream_on_allow,
-            &p.field("headersToUpstreamOnAllow"),
-        )?,
-        headers_to_downstream_on_allow: header_patterns(
-            &h.headers_to_downstream_on_allow,
-            &p.field("headersToDownstreamOnAllow"),
-        )?,
-        headers_to_downstream_on_deny: header_patterns(
-            &h.headers_to_downstream_on_deny,
-            &p.field("headersToDownstreamOnDeny"),
-        )?,
+        status_on_error: c.status_on_error,
+        service: ExtAuthzService::Http(HttpService {
+            path_prefix,
+            include_request_headers: header_patterns(
+                &h.include_request_headers_in_check,
+                &p.field("includeRequestHeadersInCheck"),
+            )?,
+            include_additional_headers: h
+                .include_additional_headers_in_check
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            headers_to_upstream_on_allow: header_patterns(
+                &h.headers_to_upstream_on_allow,
+                &p.field("headersToUpstreamOnAllow"),
+            )?,
+            headers_to_downstream_on_allow: header_patterns(
+                &h.headers_to_downstream_on_allow,
+                &p.field("headersToDownstreamOnAllow"),
+            )?,
+            headers_to_downstream_on_deny: header_patterns(
+                &h.headers_to_downstream_on_deny,
+                &p.field("headersToDownstreamOnDeny"),
+            )?,
+        }),
     })
+}
+
+fn ext_authz_grpc(
+    name: &str,
+    g: &ExtAuthzGrpc,
+    p: &FieldPath,
+) -> Result<ExtAuthzSettings, ConfigError> {
+    let c = common(
+        &g.service,
+        g.port,
+        &g.cluster,
+        &g.timeout,
+        &g.status_on_error,
+        p,
+    )?;
+    if g.include_request_body_in_check.is_some() {
+        // Holding the headers for the check stops Envoy's wasm host from passing
+        // the body to the filter (StopAllIteration); taking the body first would
+        // let the headers reach the upstream before the verdict.
+        return Err(err(
+            &p.field("includeRequestBodyInCheck"),
+            "not supported by the meshwasm authz filter: the check is made at request headers, \
+             before Envoy hands a wasm filter the body",
+        ));
+    }
+    let target = GrpcServiceTarget::new(&c.cluster, &g.service)
+        .map_err(|reason| err(&p.field("cluster"), reason))?;
+    Ok(ExtAuthzSettings {
+        provider: name.to_string(),
+        cluster: c.cluster,
+        authority: g.service.clone(),
+        timeout_ms: c.timeout_ms,
+        fail_open: g.fail_open,
+        status_on_error: c.status_on_error,
+        service: ExtAuthzService::Grpc(GrpcService { target: target.0 }),
+    })
+}
+
+/// A serialized `GrpcService` naming a cluster and the `:authority` to send:
+/// without it Envoy sends the cluster name as authority, which servers refuse
+/// when it holds istiod's `|`.
+struct GrpcServiceTarget(String);
+
+impl GrpcServiceTarget {
+    fn new(cluster: &str, authority: &str) -> Result<GrpcServiceTarget, String> {
+        use prost::Message;
+        let service = crate::proto::core::GrpcService {
+            envoy_grpc: Some(crate::proto::core::EnvoyGrpc {
+                cluster_name: cluster.to_string(),
+                authority: authority.to_string(),
+            }),
+        };
+        // Lengths from 128 on take a varint byte above 0x7f, which is not UTF-8.
+        String::from_utf8(service.encode_to_vec())
+            .map(GrpcServiceTarget)
+            .map_err(|_| {
+                format!(
+                    "cluster name and service together must stay under 120 bytes for \
+                     Envoy's wasm gRPC call (have {} and {})",
+                    cluster.len(),
+                    authority.len()
+                )
+            })
+    }
 }
 
 /// One policy → its RBAC policies (one per rule).

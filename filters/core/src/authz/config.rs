@@ -18,8 +18,8 @@ pub struct AuthzConfig {
     pub trust_domain_aliases: Vec<String>,
     #[serde(default)]
     pub policies: Vec<AuthorizationPolicy>,
-    /// meshConfig.extensionProviders (only `envoyExtAuthzHttp` ones are usable
-    /// from a wasm filter).
+    /// meshConfig.extensionProviders of the ext_authz kinds
+    /// (`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`).
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProvider>,
     /// Key under `envoy.filters.http.jwt_authn` dynamic metadata where a native
@@ -203,10 +203,34 @@ pub struct ExtensionProvider {
     pub name: String,
     #[serde(default)]
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
-    /// gRPC providers need a gRPC ext_authz client a wasm filter does not have:
-    /// accepted here so a pasted meshConfig parses, refused if a policy uses it.
     #[serde(default)]
-    pub envoy_ext_authz_grpc: Option<Value>,
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+}
+
+/// Istio `EnvoyExternalAuthorizationGrpcProvider`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtAuthzGrpc {
+    /// e.g. `ext-authz.foo.svc.cluster.local`; also the call's `:authority`.
+    pub service: String,
+    pub port: u32,
+    /// Envoy cluster to call; defaults to istiod's name `outbound|<port>||<service>`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Default 600s, as Istio.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Default "403".
+    #[serde(default)]
+    pub status_on_error: Option<String>,
+    /// Accepted; a wasm filter's header edits always clear the route cache.
+    #[serde(default)]
+    pub clear_route_cache: bool,
+    /// Refused when set: see `compile::ext_authz_grpc`.
+    #[serde(default)]
+    pub include_request_body_in_check: Option<Value>,
 }
 
 /// Istio `EnvoyExternalAuthorizationHttpProvider`.

@@ -24,9 +24,9 @@ use serde_json::Value;
 
 use crate::config::{from_json, ConfigError};
 use crate::http_match::starts_with_bytes;
-pub use compile::ExtAuthzSettings;
+pub use compile::{ExtAuthzService, ExtAuthzSettings, GrpcService, HttpService};
 pub use config::{Action, AuthzConfig};
-pub use ext_authz::ExtAuthzOutcome;
+pub use ext_authz::{CheckAttributes, CheckOk, ExtAuthzOutcome};
 use matchers::{Cidr, StrMatch};
 
 /// Everything a policy may look at, fetched lazily by the host glue (each

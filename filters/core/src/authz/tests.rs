@@ -1315,14 +1315,79 @@ fn custom_matches_only_its_rules() {
     assert_eq!(s.cluster, "outbound|8000||authz.foo.svc.cluster.local");
     assert_eq!(s.timeout_ms, 250);
     assert_eq!(s.status_on_error, 503);
-    assert!(s.include_request_header("X-User"));
-    assert!(s.include_request_header("x-pre-anything"));
-    assert!(!s.include_request_header("x-other"));
-    assert!(s.to_upstream_on_allow("x-authz-id"));
-    assert!(s.to_downstream_on_deny("X-Reason"));
+    let ExtAuthzService::Http(h) = &s.service else {
+        panic!("an HTTP provider")
+    };
+    assert!(h.include_request_header("X-User"));
+    assert!(h.include_request_header("x-pre-anything"));
+    assert!(!h.include_request_header("x-other"));
+    assert!(h.to_upstream_on_allow("x-authz-id"));
+    assert!(h.to_downstream_on_deny("X-Reason"));
     assert!(a.check_custom(&mut get("/public")).is_none());
     // CUSTOM alone does not make ALLOW enforce anything.
     assert!(a.evaluate(&mut get("/public")).allowed);
+}
+
+fn grpc_cfg(provider: Value) -> Value {
+    json!({"extensionProviders": [{"name": "ext", "envoyExtAuthzGrpc": provider}],
+        "policies": [{"metadata": {"name": "c", "namespace": "foo"},
+            "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}}]})
+}
+
+#[test]
+fn custom_grpc_provider() {
+    let cfg = grpc_cfg(json!({"service": "opa.foo.svc.cluster.local", "port": 9191,
+        "timeout": "0.5s", "failOpen": true, "clearRouteCache": true}));
+    let a = Authz::from_json(cfg.to_string().as_bytes()).unwrap();
+    let (s, _) = a.check_custom(&mut get("/x")).unwrap();
+    assert_eq!(s.cluster, "outbound|9191||opa.foo.svc.cluster.local");
+    assert_eq!(s.authority, "opa.foo.svc.cluster.local");
+    assert_eq!(
+        (s.timeout_ms, s.fail_open, s.status_on_error),
+        (500, true, 403)
+    );
+    let ExtAuthzService::Grpc(g) = &s.service else {
+        panic!("a gRPC provider")
+    };
+    // The target is a GrpcService{envoy_grpc{cluster_name, authority}}.
+    use crate::proto::core::{EnvoyGrpc, GrpcService as GrpcServiceProto};
+    use prost::Message;
+    let decoded = GrpcServiceProto::decode(g.target.as_bytes()).unwrap();
+    assert_eq!(
+        decoded.envoy_grpc,
+        Some(EnvoyGrpc {
+            cluster_name: "outbound|9191||opa.foo.svc.cluster.local".into(),
+            authority: "opa.foo.svc.cluster.local".into()
+        })
+    );
+    let cfg = grpc_cfg(json!({"service": "opa", "port": 9191, "cluster": "ext-authz-grpc"}));
+    let a = Authz::from_json(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(a.custom_settings().unwrap().cluster, "ext-authz-grpc");
+}
+
+#[test]
+fn custom_grpc_provider_errors_name_the_field() {
+    let cases = [
+        (json!({"port": 9000, "service": ""}), "extensionProviders[0].envoyExtAuthzGrpc.service: must not be empty"),
+        (json!({"service": "s", "port": 0}), "extensionProviders[0].envoyExtAuthzGrpc.port: invalid port 0"),
+        (json!({"service": "s", "port": 1, "timeout": "1x"}), "extensionProviders[0].envoyExtAuthzGrpc.timeout: invalid duration"),
+        (json!({"service": "s", "port": 1, "statusOnError": "forbidden"}), "extensionProviders[0].envoyExtAuthzGrpc.statusOnError: invalid HTTP status"),
+        (json!({"service": "s", "port": 1, "includeRequestBodyInCheck": {"maxRequestBytes": 10}}),
+            "extensionProviders[0].envoyExtAuthzGrpc.includeRequestBodyInCheck: not supported"),
+        (json!({"service": "s", "port": 1, "pathPrefix": "/x"}), "extensionProviders[0].envoyExtAuthzGrpc.pathPrefix: unknown field"),
+        (json!({"service": "s".repeat(70), "port": 1, "cluster": "c".repeat(70)}),
+            "extensionProviders[0].envoyExtAuthzGrpc.cluster: cluster name and service together must stay under 120 bytes"),
+    ];
+    for (provider, want) in cases {
+        let e = config_error(grpc_cfg(provider.clone()));
+        assert!(e.starts_with(want), "{provider}: {e}");
+    }
+    let both = json!({"extensionProviders": [{"name": "ext",
+        "envoyExtAuthzGrpc": {"service": "s", "port": 1},
+        "envoyExtAuthzHttp": {"service": "s", "port": 1}}]});
+    assert!(config_error(both).starts_with(
+        "extensionProviders[0]: envoyExtAuthzHttp and envoyExtAuthzGrpc are mutually exclusive"
+    ));
 }
 
 #[test]

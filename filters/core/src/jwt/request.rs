@@ -249,59 +249,12 @@ fn after_prefix(value: &str, after: usize) -> &str {
     }
 }
 
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
+pub use crate::http_match::parse_query_decoded as parse_query;
 
-/// `%XX` decoding as Envoy's `PercentEncoding::decode` (invalid escapes kept).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `QueryParamsMulti::parseAndDecodeQueryString`, in order of appearance.
-pub fn parse_query(path: &str) -> Vec<(String, String)> {
-    let Some(q) = path.find('?').map(|i| &path[i + 1..]) else {
-        return Vec::new();
-    };
-    let q = q.split('#').next().unwrap_or("");
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
-}
-
-/// `QueryParamsMulti::remove` + `replaceQueryString`: the remaining parameters
-/// are written back decoded, sorted by name (Envoy keeps them in a btree map).
+/// `QueryParamsMulti::remove` + `replaceQueryString` (see
+/// [`crate::http_match::edit_query`]).
 pub fn remove_param(path: &str, name: &str) -> String {
-    let base = path.split('?').next().unwrap_or("");
-    let mut params = parse_query(path);
-    params.retain(|(k, _)| k != name);
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = base.to_string();
-    for (i, (k, v)) in params.iter().enumerate() {
-        out.push(if i == 0 { '?' } else { '&' });
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
+    crate::http_match::edit_query(path, &[], &[name])
 }
 
 /// `Http::Utility::parseCookies` restricted to `names`: first occurrence wins,

@@ -334,22 +334,7 @@ impl Fraction {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendAction {
-    AppendIfExistsOrAdd,
-    AddIfAbsent,
-    OverwriteIfExistsOrAdd,
-    OverwriteIfExists,
-}
-
-/// One `HeaderValueOption`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderToAdd {
-    pub name: String,
-    pub value: String,
-    pub action: AppendAction,
-    pub keep_empty_value: bool,
-}
+pub use crate::header_ops::{AppendAction, HeaderToAdd};
 
 /// A configured descriptor: its entries (an empty value is a wildcard) and bucket.
 #[derive(Debug, Clone)]
