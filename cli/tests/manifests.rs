@@ -186,7 +186,8 @@ fn the_validator_catches_broken_manifests() {
 
 #[test]
 fn committed_manifests_validate() {
-    let crds = crds();
+    let mut crds = crds();
+    crds.extend(trafficextension_crd());
     let dir = repo_root().join("envoy-configs/istio");
     let mut files: Vec<PathBuf> = Vec::new();
     for sub in [dir.clone(), dir.join("policies")] {
@@ -217,6 +218,11 @@ fn committed_manifests_validate() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(seen_kinds.get("WasmPlugin"), Some(&5), "{seen_kinds:?}");
+    assert_eq!(
+        seen_kinds.get("TrafficExtension"),
+        Some(&5),
+        "{seen_kinds:?}"
+    );
     assert!(
         seen_kinds.get("EnvoyFilter").copied().unwrap_or(0) >= 5,
         "{seen_kinds:?}"
@@ -363,7 +369,7 @@ fn invalid_policies_are_not_rendered() {
 fn committed_manifests_are_up_to_date() {
     let dir = repo_root().join("envoy-configs/istio");
     for f in FILTERS {
-        for kind in ["wasmplugin", "envoyfilter"] {
+        for kind in ["wasmplugin", "trafficextension", "envoyfilter"] {
             let path = dir.join(format!("{kind}-{f}.yaml"));
             let committed = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
