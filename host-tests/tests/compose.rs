@@ -570,7 +570,7 @@ fn ratelimit_and_faults(port: u16, ready: Instant) -> Result<Seen, String> {
     ))
 }
 
-/// The meshwasm counters in `/stats/prometheus` (DESIGN: `meshwasm_<filter>_<name>`):
+/// The meshwasm counters in `/stats/prometheus` (`meshwasm_<filter>_<name>`):
 /// every filter has some, and those the requests above must have moved did.
 fn check_metrics(admin: u16, expect: &[(&str, u64, bool)]) -> Result<String, String> {
     let r = http::send(admin, &Request::get("/stats/prometheus"))
