@@ -42,6 +42,7 @@ pub mod buffer_type {
     pub const REQUEST_BODY: u32 = 0;
     pub const RESPONSE_BODY: u32 = 1;
     pub const HTTP_CALL_RESPONSE_BODY: u32 = 4;
+    pub const GRPC_RECEIVE_BUFFER: u32 = 5;
     pub const VM_CONFIGURATION: u32 = 6;
     pub const PLUGIN_CONFIGURATION: u32 = 7;
 }

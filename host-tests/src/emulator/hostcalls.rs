@@ -10,7 +10,7 @@ use wasmtime::{Caller, ExternType, Linker, Module, Store, Val};
 
 use super::abi::{buffer_type, decode_pairs, encode_pairs, split_path, stream_type, Guest, Status};
 use super::shared::MetricKind;
-use super::state::{Deferred, Host, HttpCall, LocalReply};
+use super::state::{Deferred, GrpcCall, Host, HttpCall, LocalReply};
 
 type C<'a> = Caller<'a, Host>;
 type R = anyhow::Result<i32>;
@@ -46,7 +46,7 @@ pub(crate) fn linker(store: &mut Store<Host>, module: &Module) -> anyhow::Result
     proxy(&mut l)?;
     wasi(&mut l)?;
     // Status-only stubs for what the emulator does not implement (documented in mod.rs):
-    // gRPC dispatch answers InternalFailure (an error the SDK returns as `Err`, where
+    // a gRPC stream answers InternalFailure (an error the SDK returns as `Err`, where
     // Unimplemented would make it panic), the other gRPC calls NotFound (no such token).
     for import in module.imports() {
         let ExternType::Func(ty) = import.ty() else {
@@ -57,7 +57,7 @@ pub(crate) fn linker(store: &mut Store<Host>, module: &Module) -> anyhow::Result
         }
         let (m, n) = (import.module().to_string(), import.name().to_string());
         let fixed = match n.as_str() {
-            "proxy_grpc_call" | "proxy_grpc_stream" => Some(Status::InternalFailure),
+            "proxy_grpc_stream" => Some(Status::InternalFailure),
             "proxy_grpc_send" | "proxy_grpc_cancel" | "proxy_grpc_close" => Some(Status::NotFound),
             _ => None,
         };
@@ -180,6 +180,9 @@ fn proxy(l: &mut Linker<Host>) -> anyhow::Result<()> {
                         return code(Status::NotFound);
                     }
                     d.body_buf.clone()
+                }
+                buffer_type::GRPC_RECEIVE_BUFFER => {
+                    st!(h.grpc_message.as_ref().ok_or(Status::NotFound)).clone()
                 }
                 buffer_type::HTTP_CALL_RESPONSE_BODY => {
                     st!(h.call_response.as_ref().ok_or(Status::NotFound))
@@ -571,6 +574,59 @@ fn proxy(l: &mut Linker<Host>) -> anyhow::Result<()> {
                     headers: text(headers),
                     body,
                     trailers: text(trailers),
+                    timeout: Duration::from_millis(timeout as u32 as u64),
+                    context_id,
+                },
+            );
+            st!(g.write_u32(&mut c, token_out, token));
+            ok()
+        },
+    )?;
+    l.func_wrap(
+        env,
+        "proxy_grpc_call",
+        |mut c: C<'_>,
+         up: i32,
+         ul: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         _metadata_ptr: i32,
+         _metadata_len: i32,
+         msg_ptr: i32,
+         msg_len: i32,
+         timeout: i32,
+         token_out: i32|
+         -> R {
+            let g = guest(&c)?;
+            let upstream = st!(g.read(&c, up, ul));
+            let service = st!(g.read_string(&c, sp, sl));
+            let method = st!(g.read_string(&c, mp, ml));
+            let message = st!(g.read(&c, msg_ptr, msg_len));
+            let h = c.data_mut();
+            // Envoy takes a cluster name, or a serialized GrpcService naming one.
+            let names_cluster = h.cfg.clusters.iter().any(|cl| {
+                upstream == cl.as_bytes() || upstream.windows(cl.len()).any(|w| w == cl.as_bytes())
+            });
+            if !names_cluster {
+                return code(Status::ParseFailure);
+            }
+            let token = h.next_token;
+            h.next_token += 1;
+            let context_id = if h.effective != 0 {
+                h.effective
+            } else {
+                h.root_id
+            };
+            h.grpc_calls.insert(
+                token,
+                GrpcCall {
+                    token,
+                    upstream,
+                    service,
+                    method,
+                    message,
                     timeout: Duration::from_millis(timeout as u32 as u64),
                     context_id,
                 },

@@ -103,7 +103,7 @@
 //! modules are cached per process and on disk in `<target>/emulator-cache/` (keyed by
 //! the module's bytes; the newest 48 kept): only the first load of a new build pays.
 //!
-//! Not emulated (documented limits): gRPC calls (`proxy_grpc_call`/`_stream` return
+//! Not emulated (documented limits): gRPC streams (`proxy_grpc_stream` returns
 //! InternalFailure, which the SDK hands back as `Err`, rather than Unimplemented, which
 //! would make the SDK panic; send/cancel/close return NotFound); shared queues store and
 //! return data but `on_queue_ready` is only delivered when the test calls
@@ -122,7 +122,7 @@ pub mod world;
 
 pub use abi::Status;
 pub use shared::{MetricKind, SharedData};
-pub use state::{Flow, HttpCall, LocalReply, LogEntry, VmCall};
+pub use state::{Flow, GrpcCall, HttpCall, LocalReply, LogEntry, VmCall};
 pub use vm::{Action, StreamId, StreamState, Vm, VmConfig};
 pub use world::World;
 

@@ -53,6 +53,20 @@ impl LocalReply {
     }
 }
 
+/// A unary gRPC call dispatched by the module and not answered yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub token: u32,
+    /// What the module passed as the upstream: a cluster name or a serialized
+    /// `GrpcService`.
+    pub upstream: Vec<u8>,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+    pub context_id: u32,
+}
+
 /// A callout dispatched by the module and not answered yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpCall {
@@ -176,6 +190,9 @@ pub(crate) struct Host {
     /// World-elapsed instant of the next tick.
     pub next_tick_at: Option<Duration>,
     pub http_calls: BTreeMap<u32, HttpCall>,
+    pub grpc_calls: BTreeMap<u32, GrpcCall>,
+    /// The message of the gRPC answer being delivered (buffer 5).
+    pub grpc_message: Option<Vec<u8>>,
     pub next_token: u32,
     pub metric_ids: HashMap<u32, (String, MetricKind)>,
     pub next_metric: u32,
@@ -209,6 +226,8 @@ impl Host {
             tick_period: None,
             next_tick_at: None,
             http_calls: BTreeMap::new(),
+            grpc_calls: BTreeMap::new(),
+            grpc_message: None,
             next_token: 1,
             metric_ids: HashMap::new(),
             next_metric: 1,

@@ -7,7 +7,7 @@ use wasmtime::{Func, Instance, Module, Store, Val};
 use super::abi::{stream_type, Guest, HeaderMap, Status};
 use super::hostcalls;
 use super::state::{
-    CallResponse, Deferred, Flow, Host, HttpCall, LocalReply, LogEntry, Stream, VmCall,
+    CallResponse, Deferred, Flow, GrpcCall, Host, HttpCall, LocalReply, LogEntry, Stream, VmCall,
 };
 use super::world::World;
 
@@ -1047,6 +1047,60 @@ impl Vm {
             ],
         );
         self.store.data_mut().call_response = None;
+        r?;
+        self.run_deferred()
+    }
+
+    // ---- gRPC calls (unary) ----
+
+    /// gRPC calls dispatched and not answered yet, by token.
+    pub fn pending_grpc_calls(&self) -> Vec<GrpcCall> {
+        self.host().grpc_calls.values().cloned().collect()
+    }
+
+    /// Answers a gRPC call with a message: `on_grpc_receive(root, token, size)`,
+    /// the message readable (buffer 5) only during that call.
+    pub fn respond_grpc_call(&mut self, token: u32, message: &[u8]) -> anyhow::Result<()> {
+        if self.store.data_mut().grpc_calls.remove(&token).is_none() {
+            bail!("no pending gRPC call with token {token}");
+        }
+        self.deliver_grpc(token, Some(message.to_vec()), message.len() as i32)
+    }
+
+    /// Ends a gRPC call with a status and no message: `on_grpc_close(root,
+    /// token, status)` (a failure, a timeout: DEADLINE_EXCEEDED is 4).
+    pub fn close_grpc_call(&mut self, token: u32, status: u32) -> anyhow::Result<()> {
+        if self.store.data_mut().grpc_calls.remove(&token).is_none() {
+            bail!("no pending gRPC call with token {token}");
+        }
+        self.deliver_grpc(token, None, status as i32)
+    }
+
+    /// Delivers an answer for `token` whether or not the module dispatched it
+    /// (a stale or foreign token, as a host that mixes them up would).
+    pub fn deliver_grpc_message(&mut self, token: u32, message: &[u8]) -> anyhow::Result<()> {
+        self.deliver_grpc(token, Some(message.to_vec()), message.len() as i32)
+    }
+
+    fn deliver_grpc(
+        &mut self,
+        token: u32,
+        message: Option<Vec<u8>>,
+        arg: i32,
+    ) -> anyhow::Result<()> {
+        let root = self.store.data().root_id;
+        let callback = if message.is_some() {
+            "proxy_on_grpc_receive"
+        } else {
+            "proxy_on_grpc_close"
+        };
+        self.store.data_mut().grpc_message = message;
+        let r = self.call(
+            root,
+            callback,
+            &[Val::I32(root as i32), Val::I32(token as i32), Val::I32(arg)],
+        );
+        self.store.data_mut().grpc_message = None;
         r?;
         self.run_deferred()
     }
