@@ -6,6 +6,8 @@
 //! - [`upstream`]: an echo server that returns the request it saw as JSON, or answers
 //!   with whatever a test's handler says (JWKS, ext_authz, ...).
 //! - [`grpc_authz`]: a gRPC ext_authz server (tonic) answering as a test scripts.
+//! - [`ecds`]: filter configurations served over ECDS from a watched file, swapped
+//!   while a steady load records what each request got.
 //! - [`http`]: a raw HTTP/1.1 client (exact path bytes, any header).
 //! - [`twin`]: the same request cases against the meshwasm listener and the native
 //!   twin's listener of one Envoy, with every differing outcome reported.
@@ -18,6 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod demo;
+pub mod ecds;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod envoy;
