@@ -63,9 +63,53 @@ pub enum Verdict {
 }
 
 /// Hash of whatever identifies one plugin configuration, as the key prefix.
+///
+/// The configuration is hashed as JSON with its keys sorted and no whitespace,
+/// so an update that writes the same limits differently (a control plane
+/// re-rendering them, another field order) keeps the buckets and their tokens
+/// instead of starting full ones. Bytes that are not JSON are hashed as they are.
 pub fn namespace(plugin_name: &str, root_id: &str, configuration: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(configuration).map(|v| {
+        let mut out = String::new();
+        canonical_json(&v, &mut out);
+        out
+    });
+    let configuration = canonical.as_ref().map_or(configuration, |c| c.as_bytes());
     let h = bucket::hash64(&(plugin_name, root_id, configuration));
     format!("{}.{:016x}", bucket::LAYOUT, h)
+}
+
+/// Compact JSON with object keys sorted, whatever order serde_json's maps keep.
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(k) {
+                    canonical_json(x, out);
+                }
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 impl LocalRateLimit {

@@ -668,6 +668,19 @@ fn two_configurations_never_share_keys() {
     let c = namespace("q", "", br#"{"stat_prefix":"a"}"#);
     assert!(a != b && a != c && b != c);
     assert_eq!(a, namespace("p", "", br#"{"stat_prefix":"a"}"#));
+    // The same configuration written differently is the same namespace.
+    let two = br#"{"stat_prefix":"a","token_bucket":{"max_tokens":1,"fill_interval":"60s"}}"#;
+    let reordered =
+        b"{\n  \"token_bucket\": {\"fill_interval\": \"60s\", \"max_tokens\": 1},\n  \"stat_prefix\": \"a\"\n}";
+    assert_eq!(namespace("p", "", two), namespace("p", "", reordered));
+    assert_ne!(
+        namespace("p", "", two),
+        namespace(
+            "p",
+            "",
+            br#"{"stat_prefix":"a","token_bucket":{"max_tokens":2,"fill_interval":"60s"}}"#
+        )
+    );
     let cfg_a =
         cfg(json!({"stat_prefix": "a", "token_bucket": {"max_tokens": 1, "fill_interval": "60s"}}));
     let s = LocalStore::default();
