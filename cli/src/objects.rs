@@ -334,14 +334,16 @@ pub fn check(filter: Filter, docs: &[Doc]) -> CheckReport {
                 }
             }
         }
-        Filter::LocalRatelimit => {
+        Filter::LocalRatelimit | Filter::Ratelimit => {
+            let kind = if filter == Filter::Ratelimit {
+                (RATELIMIT_FILTER, RATELIMIT_TYPE)
+            } else {
+                (LOCAL_RATELIMIT_FILTER, LOCAL_RATELIMIT_TYPE)
+            };
             for d in &relevant {
-                let parts = ratelimit_parts(d);
+                let parts = ratelimit_parts(d, kind);
                 if parts.is_empty() {
-                    notes.push(format!(
-                        "{}: no envoy.filters.http.local_ratelimit patch",
-                        d.label()
-                    ));
+                    notes.push(format!("{}: no {} patch", d.label(), kind.0));
                 }
                 for (n, a) in parts.into_iter().enumerate() {
                     match a.validate(filter) {
@@ -361,7 +363,7 @@ pub fn check(filter: Filter, docs: &[Doc]) -> CheckReport {
                 findings.push(Finding {
                     location: String::new(),
                     path: String::new(),
-                    reason: "no EnvoyFilter patch adds envoy.filters.http.local_ratelimit with a configuration".into(),
+                    reason: format!("no EnvoyFilter patch adds {} with a configuration", kind.0),
                 });
             }
         }
@@ -586,6 +588,9 @@ fn canary_part(d: &Doc) -> Result<Assembled, Finding> {
     Ok(Assembled::single(spec, d.label(), "spec"))
 }
 
+const RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+const RATELIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 const LOCAL_RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 const LOCAL_RATELIMIT_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
@@ -593,7 +598,9 @@ const LOCAL_RATELIMIT_TYPE: &str =
 /// EnvoyFilter → the LocalRateLimit of each patch that adds
 /// `envoy.filters.http.local_ratelimit` (as Istio's rate-limit task writes it:
 /// a TypedStruct whose `value` is the LocalRateLimit, or the typed config itself).
-fn ratelimit_parts(d: &Doc) -> Vec<Assembled> {
+/// The rate limit filter patches of one EnvoyFilter: `(filter name, type URL)`
+/// say which filter (local or global).
+fn ratelimit_parts(d: &Doc, (filter_name, type_url): (&str, &str)) -> Vec<Assembled> {
     let mut out = Vec::new();
     let patches = d
         .value
@@ -610,25 +617,24 @@ fn ratelimit_parts(d: &Doc) -> Vec<Assembled> {
         else {
             continue;
         };
-        let named = value.get("name").and_then(Value::as_str) == Some(LOCAL_RATELIMIT_FILTER);
+        let named = value.get("name").and_then(Value::as_str) == Some(filter_name);
         let at_type = tc.get("@type").and_then(Value::as_str).unwrap_or("");
         let inner_type = tc
             .get("type_url")
             .or_else(|| tc.get("typeUrl"))
             .and_then(Value::as_str);
         let base = format!("spec.configPatches[{j}].patch.value.typed_config");
-        let (config, doc_prefix) = if at_type.ends_with("TypedStruct")
-            && inner_type == Some(LOCAL_RATELIMIT_TYPE)
-        {
-            (
-                tc.get("value").cloned().unwrap_or_else(|| json!({})),
-                format!("{base}.value"),
-            )
-        } else if at_type == LOCAL_RATELIMIT_TYPE || (named && !at_type.ends_with("TypedStruct")) {
-            (tc.clone(), base)
-        } else {
-            continue;
-        };
+        let (config, doc_prefix) =
+            if at_type.ends_with("TypedStruct") && inner_type == Some(type_url) {
+                (
+                    tc.get("value").cloned().unwrap_or_else(|| json!({})),
+                    format!("{base}.value"),
+                )
+            } else if at_type == type_url || (named && !at_type.ends_with("TypedStruct")) {
+                (tc.clone(), base)
+            } else {
+                continue;
+            };
         out.push(Assembled::single(config, d.label(), &doc_prefix));
     }
     out

@@ -11,8 +11,6 @@
 
 #![allow(clippy::derive_partial_eq_without_eq)]
 
-use std::collections::BTreeMap;
-
 /// `google.protobuf.Timestamp`.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Timestamp {
@@ -27,6 +25,15 @@ pub struct Timestamp {
 pub struct BoolValue {
     #[prost(bool, tag = "1")]
     pub value: bool,
+}
+
+/// One entry of a protobuf `map<string, string>` (field 1 the key, 2 the value).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 /// `google.rpc.Status` (details are not read).
@@ -107,8 +114,6 @@ pub mod core {
 
 /// `envoy.service.auth.v3`.
 pub mod auth {
-    use super::BTreeMap;
-
     #[derive(Clone, PartialEq, ::prost::Message)]
     pub struct CheckRequest {
         #[prost(message, optional, tag = "1")]
@@ -123,8 +128,6 @@ pub mod auth {
         pub destination: Option<Peer>,
         #[prost(message, optional, tag = "4")]
         pub request: Option<Request>,
-        #[prost(btree_map = "string, string", tag = "10")]
-        pub context_extensions: BTreeMap<String, String>,
     }
 
     /// `AttributeContext.Peer`.
@@ -154,8 +157,10 @@ pub mod auth {
         pub id: String,
         #[prost(string, tag = "2")]
         pub method: String,
-        #[prost(btree_map = "string, string", tag = "3")]
-        pub headers: BTreeMap<String, String>,
+        /// A `map<string, string>` on the wire: each pair is an entry message.
+        /// Kept as the list of entries so a request builds no map.
+        #[prost(message, repeated, tag = "3")]
+        pub headers: Vec<super::MapEntry>,
         #[prost(string, tag = "4")]
         pub path: String,
         #[prost(string, tag = "5")]
@@ -210,5 +215,93 @@ pub mod auth {
         pub query_parameters_to_set: Vec<super::core::QueryParameter>,
         #[prost(string, repeated, tag = "8")]
         pub query_parameters_to_remove: Vec<String>,
+    }
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Duration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// `envoy.service.ratelimit.v3` (with the descriptor of
+/// `envoy.extensions.common.ratelimit.v3`): what Envoy's global rate limit
+/// filter sends to a rate limit service and reads back.
+pub mod ratelimit {
+    /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (no
+    /// per-descriptor override or addend: the actions never make them).
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RateLimitDescriptor {
+        #[prost(message, repeated, tag = "1")]
+        pub entries: Vec<Entry>,
+    }
+
+    /// `RateLimitDescriptor.Entry`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct Entry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RateLimitRequest {
+        #[prost(string, tag = "1")]
+        pub domain: String,
+        #[prost(message, repeated, tag = "2")]
+        pub descriptors: Vec<RateLimitDescriptor>,
+        #[prost(uint32, tag = "3")]
+        pub hits_addend: u32,
+    }
+
+    /// `RateLimitResponse.Code`.
+    pub const CODE_UNKNOWN: i32 = 0;
+    pub const CODE_OK: i32 = 1;
+    pub const CODE_OVER_LIMIT: i32 = 2;
+
+    /// Dynamic metadata and quota are not read: Envoy's filter only stores
+    /// the former, and the latter is for its quota-based clients.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RateLimitResponse {
+        #[prost(int32, tag = "1")]
+        pub overall_code: i32,
+        #[prost(message, repeated, tag = "2")]
+        pub statuses: Vec<DescriptorStatus>,
+        #[prost(message, repeated, tag = "3")]
+        pub response_headers_to_add: Vec<super::core::HeaderValue>,
+        #[prost(message, repeated, tag = "4")]
+        pub request_headers_to_add: Vec<super::core::HeaderValue>,
+        #[prost(bytes = "vec", tag = "5")]
+        pub raw_body: Vec<u8>,
+    }
+
+    /// `RateLimitResponse.RateLimit`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RateLimit {
+        #[prost(string, tag = "3")]
+        pub name: String,
+        #[prost(uint32, tag = "1")]
+        pub requests_per_unit: u32,
+        /// `RateLimit.Unit`: UNKNOWN 0, SECOND 1, MINUTE 2, HOUR 3, DAY 4,
+        /// MONTH 5, YEAR 6, WEEK 7.
+        #[prost(int32, tag = "2")]
+        pub unit: i32,
+    }
+
+    /// `RateLimitResponse.DescriptorStatus`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct DescriptorStatus {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(message, optional, tag = "2")]
+        pub current_limit: Option<RateLimit>,
+        #[prost(uint32, tag = "3")]
+        pub limit_remaining: u32,
+        #[prost(message, optional, tag = "4")]
+        pub duration_until_reset: Option<super::Duration>,
     }
 }

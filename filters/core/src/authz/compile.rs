@@ -445,10 +445,10 @@ fn ext_authz_grpc(
 /// A serialized `GrpcService` naming a cluster and the `:authority` to send:
 /// without it Envoy sends the cluster name as authority, which servers refuse
 /// when it holds istiod's `|`.
-struct GrpcServiceTarget(String);
+pub(crate) struct GrpcServiceTarget(pub(crate) String);
 
 impl GrpcServiceTarget {
-    fn new(cluster: &str, authority: &str) -> Result<GrpcServiceTarget, String> {
+    pub(crate) fn new(cluster: &str, authority: &str) -> Result<GrpcServiceTarget, String> {
         use prost::Message;
         let service = crate::proto::core::GrpcService {
             envoy_grpc: Some(crate::proto::core::EnvoyGrpc {

@@ -8,7 +8,7 @@
 //! lazily-filled request view, in istiod's filter order: CUSTOM, AUDIT, DENY,
 //! ALLOW, each with its dry-run (shadow) rules.
 
-mod compile;
+pub(crate) mod compile;
 pub mod config;
 pub mod ext_authz;
 mod guard;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use regex_lite::Regex;
 
-use super::config::RequestView;
+use super::config::{HeaderReads, RequestView};
 
 /// Envoy `StringMatcher` (`bool` = `ignore_case`, ASCII as Envoy).
 #[derive(Debug, Clone)]
@@ -238,6 +238,48 @@ impl RateLimitPolicy {
         }
         Some(entries)
     }
+}
+
+/// The request descriptors of a `rate_limits` list, as Envoy's
+/// `RateLimitConfig::populateDescriptors`: one per entry, none for an entry
+/// whose action could not produce its part.
+pub fn descriptors(
+    policies: &[RateLimitPolicy],
+    req: &RequestView<'_>,
+) -> Vec<Vec<(String, String)>> {
+    policies.iter().filter_map(|p| p.descriptor(req)).collect()
+}
+
+/// What [`descriptors`] reads of the request headers (fetching the header
+/// map is the costliest host call a request makes).
+pub fn header_reads(policies: &[RateLimitPolicy]) -> HeaderReads {
+    let mut names = Vec::new();
+    for a in policies.iter().flat_map(|p| &p.actions) {
+        match a {
+            Action::RequestHeaders { header_name, .. } => names.push(header_name.clone()),
+            Action::HeaderValueMatch { .. }
+            | Action::QueryParameters { .. }
+            | Action::QueryParameterValueMatch { .. } => return HeaderReads::All,
+            Action::RemoteAddress
+            | Action::GenericKey { .. }
+            | Action::MaskedRemoteAddress { .. } => {}
+        }
+    }
+    if names.is_empty() {
+        HeaderReads::Nothing
+    } else {
+        HeaderReads::Named(names)
+    }
+}
+
+/// Whether [`descriptors`] reads the client address (`source.address`).
+pub fn reads_remote_address(policies: &[RateLimitPolicy]) -> bool {
+    policies.iter().flat_map(|p| &p.actions).any(|a| {
+        matches!(
+            a,
+            Action::RemoteAddress | Action::MaskedRemoteAddress { .. }
+        )
+    })
 }
 
 /// `a.b.c.d/len` with host bits cleared (Envoy `CidrRange::asString`).

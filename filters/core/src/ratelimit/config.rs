@@ -65,8 +65,8 @@ struct LocalRateLimitJson {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HttpStatusJson {
-    code: Value,
+pub(crate) struct HttpStatusJson {
+    pub(crate) code: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +99,7 @@ struct FractionalPercentJson {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HeaderValueOptionJson {
+pub(crate) struct HeaderValueOptionJson {
     header: HeaderValueJson,
     #[serde(default)]
     append: Option<bool>,
@@ -136,7 +136,7 @@ struct EntryJson {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RateLimitJson {
+pub(crate) struct RateLimitJson {
     actions: Vec<ActionJson>,
     #[serde(default)]
     stage: Option<u32>,
@@ -407,34 +407,12 @@ impl LocalRateLimit {
         if !self.has_descriptors() {
             return HeaderReads::Nothing;
         }
-        let mut names = Vec::new();
-        for a in self.rate_limits.iter().flat_map(|p| &p.actions) {
-            match a {
-                Action::RequestHeaders { header_name, .. } => names.push(header_name.clone()),
-                Action::HeaderValueMatch { .. }
-                | Action::QueryParameters { .. }
-                | Action::QueryParameterValueMatch { .. } => return HeaderReads::All,
-                Action::RemoteAddress
-                | Action::GenericKey { .. }
-                | Action::MaskedRemoteAddress { .. } => {}
-            }
-        }
-        if names.is_empty() {
-            HeaderReads::Nothing
-        } else {
-            HeaderReads::Named(names)
-        }
+        super::actions::header_reads(&self.rate_limits)
     }
 
     /// Whether deciding reads the client address (`source.address`).
     pub fn needs_remote_address(&self) -> bool {
-        self.has_descriptors()
-            && self.rate_limits.iter().flat_map(|p| &p.actions).any(|a| {
-                matches!(
-                    a,
-                    Action::RemoteAddress | Action::MaskedRemoteAddress { .. }
-                )
-            })
+        self.has_descriptors() && super::actions::reads_remote_address(&self.rate_limits)
     }
 
     /// Filter enabled for this request (absent `filter_enabled` = 0 %: inactive).
@@ -454,10 +432,7 @@ impl LocalRateLimit {
         if !self.has_descriptors() {
             return Vec::new();
         }
-        self.rate_limits
-            .iter()
-            .filter_map(|p| p.descriptor(req))
-            .collect()
+        super::actions::descriptors(&self.rate_limits, req)
     }
 }
 
@@ -627,10 +602,11 @@ fn compile(json: LocalRateLimitJson) -> Result<LocalRateLimit, ConfigError> {
         }
     }
 
-    let mut rate_limits = Vec::new();
-    for (i, rl) in json.rate_limits.iter().enumerate() {
-        rate_limits.push(compile_rate_limit(rl, &root.field("rate_limits").index(i))?);
-    }
+    let rate_limits = compile_rate_limits(
+        &json.rate_limits,
+        &root.field("rate_limits"),
+        "not supported by the local rate limit filter",
+    )?;
 
     let max_dynamic_descriptors = json.max_dynamic_descriptors.unwrap_or(20);
     if max_dynamic_descriptors > MAX_DYNAMIC_DESCRIPTORS_LIMIT {
@@ -736,7 +712,7 @@ fn fraction(
     }))
 }
 
-fn headers_to_add(
+pub(crate) fn headers_to_add(
     v: &[HeaderValueOptionJson],
     p: &FieldPath,
 ) -> Result<Vec<HeaderToAdd>, ConfigError> {
@@ -805,7 +781,24 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn compile_rate_limit(rl: &RateLimitJson, p: &FieldPath) -> Result<RateLimitPolicy, ConfigError> {
+/// The `rate_limits` entries, as both rate limit filters take them.
+/// `on_stream_done`: why `apply_on_stream_done` is refused.
+pub(crate) fn compile_rate_limits(
+    v: &[RateLimitJson],
+    p: &FieldPath,
+    on_stream_done: &str,
+) -> Result<Vec<RateLimitPolicy>, ConfigError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, rl)| compile_rate_limit(rl, &p.index(i), on_stream_done))
+        .collect()
+}
+
+fn compile_rate_limit(
+    rl: &RateLimitJson,
+    p: &FieldPath,
+    on_stream_done: &str,
+) -> Result<RateLimitPolicy, ConfigError> {
     if rl.stage.is_some() || rl.disable_key.as_deref().is_some_and(|k| !k.is_empty()) {
         return Err(ConfigError::new(
             p,
@@ -827,7 +820,7 @@ fn compile_rate_limit(rl: &RateLimitJson, p: &FieldPath) -> Result<RateLimitPoli
     if rl.apply_on_stream_done {
         return Err(ConfigError::new(
             &p.field("apply_on_stream_done"),
-            "not supported by the local rate limit filter",
+            on_stream_done,
         ));
     }
     if rl.actions.is_empty() {
@@ -1162,7 +1155,7 @@ fn string_matcher(s: &StringMatcherJson, p: &FieldPath) -> Result<StringMatcher,
 }
 
 /// A proto enum in JSON: its name, or its number.
-fn enum_value(v: &Value, names: &[&str], p: &FieldPath) -> Result<usize, ConfigError> {
+pub(crate) fn enum_value(v: &Value, names: &[&str], p: &FieldPath) -> Result<usize, ConfigError> {
     let found = match v {
         Value::String(s) => names.iter().position(|n| n == s),
         Value::Number(n) => n
@@ -1175,7 +1168,7 @@ fn enum_value(v: &Value, names: &[&str], p: &FieldPath) -> Result<usize, ConfigE
 }
 
 /// `envoy.type.v3.StatusCode`: a number, or the enum name Envoy's JSON uses.
-fn status_code(v: &Value, p: &FieldPath) -> Result<u32, ConfigError> {
+pub(crate) fn status_code(v: &Value, p: &FieldPath) -> Result<u32, ConfigError> {
     const NAMES: &[(&str, u32)] = &[
         ("Continue", 100),
         ("OK", 200),

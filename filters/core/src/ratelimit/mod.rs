@@ -26,6 +26,7 @@
 pub mod actions;
 pub mod bucket;
 pub mod config;
+pub mod global;
 pub mod remember;
 
 pub use bucket::{BucketId, LocalStore, SharedBuckets, StoreStats, TokenBucket, MAX_CAS_ATTEMPTS};
