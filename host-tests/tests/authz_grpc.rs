@@ -470,3 +470,49 @@ fn custom_ext_authz_grpc_like_istio() {
     assert!(envoy.stat("wasmcustom.meshwasm.authz.ext_authz_denied") >= 3);
     assert!(envoy.stat("wasmcustom.meshwasm.authz.ext_authz_allowed") >= 3);
 }
+
+/// Over mTLS the CheckRequest carries the client certificate's URI SAN as the
+/// source principal and the server certificate's first DNS SAN (it has no URI
+/// SAN) as the destination's, from both filters alike.
+#[test]
+fn check_request_principals_over_mtls() {
+    let dir = std::env::temp_dir().join(format!("meshwasm-authz-grpc-mtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let alice = "spiffe://cluster.local/ns/foo/sa/alice";
+    make_certs(&dir, &[("alice", alice)]);
+    let upstream = host_tests::upstream::Upstream::echo("v1");
+    let authz = GrpcAuthz::start(answer);
+    let sets = vec![set("grpc-tls", "ext-authz-grpc", false, vec![])];
+    let envoy = Envoy::from_yaml(&bootstrap(
+        &sets,
+        vec![grpc_cluster("ext-authz-grpc", "{{AUTHZ_PORT}}")],
+        Some(&downstream_tls(&dir)),
+    ))
+    .upstream("UPSTREAM_PORT", &upstream)
+    .var("AUTHZ_PORT", &authz.port().to_string())
+    .start();
+    let mut seen = Vec::new();
+    for listener in ["meshwasm-grpc-tls", "native-grpc-tls"] {
+        authz.clear_seen();
+        let (status, body) = curl(
+            envoy.port(listener),
+            "/allow/tls",
+            Some(&dir.join("alice")),
+            None,
+        );
+        assert_eq!(status, 200, "{listener}: {body}");
+        let got = authz.seen();
+        assert_eq!(got.len(), 1, "{listener}: one check");
+        // The listeners' own ports differ (in `:authority` and `host`).
+        let port = envoy.port(listener).to_string();
+        seen.push(comparable(&got[0]).to_string().replace(&port, "PORT"));
+    }
+    assert_eq!(seen[0], seen[1], "CheckRequest over mTLS differs");
+    let seen: Value = serde_json::from_str(&seen[0]).unwrap();
+    assert_eq!(seen["source"]["principal"], alice);
+    // The server certificate has no URI SAN: its first DNS SAN.
+    assert_eq!(seen["destination"]["principal"], "localhost");
+    assert_eq!(seen["scheme"], "https");
+    let _ = std::fs::remove_dir_all(&dir);
+}

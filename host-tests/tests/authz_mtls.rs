@@ -5,126 +5,12 @@
 
 mod authz_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use authz_common::*;
 use host_tests::envoy::Envoy;
 use host_tests::upstream::Upstream;
 use serde_json::json;
-
-use host_tests::openssl::run as openssl;
-
-/// A CA, a server certificate and one client certificate per SPIFFE id.
-fn make_certs(dir: &Path, clients: &[(&str, &str)]) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=meshwasm test CA",
-        ],
-    );
-    let issue = |name: &str, san: &str| {
-        std::fs::write(
-            dir.join(format!("{name}.ext")),
-            format!("subjectAltName={san}\n"),
-        )
-        .unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    };
-    issue("server", "DNS:localhost,DNS:api.example,IP:127.0.0.1");
-    for (name, spiffe) in clients {
-        issue(name, &format!("URI:{spiffe}"));
-    }
-}
-
-/// (status, body when not 200) from curl over TLS, optionally with a client
-/// certificate and an SNI name.
-fn curl(port: u16, path: &str, cert: Option<&Path>, sni: Option<&str>) -> (u16, String) {
-    let host = sni.unwrap_or("127.0.0.1");
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-k",
-        "--max-time",
-        "10",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if let Some(s) = sni {
-        cmd.args(["--resolve", &format!("{s}:{port}:127.0.0.1")]);
-    }
-    if let Some(c) = cert {
-        cmd.arg("--cert")
-            .arg(c.with_extension("pem"))
-            .arg("--key")
-            .arg(c.with_extension("key"));
-    }
-    cmd.arg(format!("https://{host}:{port}{path}"));
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let code: u16 = code.trim().parse().unwrap_or(0);
-    (
-        code,
-        if code == 200 {
-            String::new()
-        } else {
-            body.to_string()
-        },
-    )
-}
 
 #[test]
 fn peer_identity_over_mtls() {
@@ -243,13 +129,7 @@ fn peer_identity_over_mtls() {
         trusted_hops: 0,
         cases: vec![],
     };
-    let file = |f: &str| dir.join(f).display().to_string();
-    let tls = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        "require_client_certificate": false,
-        "common_tls_context": {
-            "tls_certificates": [{"certificate_chain": {"filename": file("server.pem")}, "private_key": {"filename": file("server.key")}}],
-            "validation_context": {"trusted_ca": {"filename": file("ca.pem")}}}}});
+    let tls = downstream_tls(&dir);
     let upstream = Upstream::echo("v1");
     let envoy = Envoy::from_yaml(&bootstrap(std::slice::from_ref(&set), vec![], Some(&tls)))
         .upstream("UPSTREAM_PORT", &upstream)

@@ -181,9 +181,13 @@ impl View {
     /// The request's address, principal and protocol fields of a gRPC
     /// CheckRequest, read from the host.
     fn check_attributes(&self) -> CheckAttributeValues {
-        let first = |attrs: [&str; 2]| {
+        // Certificates exist only on TLS connections: one read tells.
+        let tls = glue::property(&["connection", "tls_version"]).is_some();
+        // Envoy's order: the URI SAN, else the DNS SAN, else the subject.
+        let first = |attrs: [&str; 3]| {
             attrs
                 .iter()
+                .take(if tls { 3 } else { 0 })
                 .find_map(|a| glue::property_string(&["connection", a]))
                 .unwrap_or_default()
         };
@@ -191,13 +195,20 @@ impl View {
             source_address: glue::property_string(&["source", "address"]).unwrap_or_default(),
             destination_address: glue::property_string(&["destination", "address"])
                 .unwrap_or_default(),
-            source_principal: first(["uri_san_peer_certificate", "subject_peer_certificate"]),
+            source_principal: first([
+                "uri_san_peer_certificate",
+                "dns_san_peer_certificate",
+                "subject_peer_certificate",
+            ]),
             destination_principal: first([
                 "uri_san_local_certificate",
+                "dns_san_local_certificate",
                 "subject_local_certificate",
             ]),
             protocol: glue::property_string(&["request", "protocol"]).unwrap_or_default(),
-            time_nanos: glue::property_u64(&["request", "time"]).unwrap_or_else(glue::now_nanos),
+            // The clock now rather than `request.time`: microseconds apart, and
+            // no property to evaluate and copy into the VM.
+            time_nanos: glue::now_nanos(),
         }
     }
 
@@ -380,10 +391,10 @@ impl Http {
     }
 
     fn dispatch_custom(&mut self, settings: &ExtAuthzSettings, id: String) -> Action {
-        let request = self.view.header_pairs();
         let timeout = Duration::from_millis(settings.timeout_ms);
         let token = match &settings.service {
             ExtAuthzService::Http(http) => {
+                let request = self.view.header_pairs();
                 let headers = http.check_headers(&settings.authority, &request);
                 let headers: Vec<(&str, &str)> = headers
                     .iter()
@@ -393,7 +404,7 @@ impl Http {
             }
             ExtAuthzService::Grpc(grpc) => {
                 let attrs = self.view.check_attributes();
-                let message = grpc.check_request(&request, &attrs.borrow());
+                let message = grpc.check_request(&self.view.headers().pairs(), &attrs.borrow());
                 hostcalls::dispatch_grpc_call(
                     &grpc.target,
                     AUTHORIZATION_SERVICE,

@@ -58,6 +58,7 @@ use std::path::Path;
 use std::process::Command;
 
 use host_tests::envoy::Envoy;
+use host_tests::grpc_authz::{self, GrpcAuthz};
 use host_tests::paths;
 use host_tests::upstream::{Reply, Upstream};
 use serde::Deserialize;
@@ -637,12 +638,15 @@ fn main() {
     let upstream = Upstream::start("bench", |_| {
         Reply::new(200).header("x-upstream", "bench").body("ok")
     });
+    // The ext_authz server of the CUSTOM rows: allows every check, at once.
+    let grpc_authz = GrpcAuthz::start(|_| grpc_authz::ok(Default::default()));
     let dir = std::env::temp_dir().join(format!("meshwasm-bench-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let mut builder = Envoy::from_file("bench.yaml")
         .var("FILTER_LISTENERS", &listeners)
         .var("FILTER_CLUSTERS", &clusters)
         .upstream("UPSTREAM_PORT", &upstream)
+        .var("GRPC_AUTHZ_PORT", &grpc_authz.port().to_string())
         .concurrency(1)
         .log_level("warning");
     if o.callgrind {

@@ -14,7 +14,7 @@ use crate::proto::auth::{
     AttributeContext, CheckRequest, CheckResponse, HttpRequest, OkHttpResponse, Peer, Request,
 };
 use crate::proto::core::{Address, HeaderValueOption, SocketAddress};
-use crate::proto::Timestamp;
+use crate::proto::{MapEntry, Timestamp};
 
 /// What to do with the request after the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,8 +165,8 @@ pub struct CheckAttributes<'a> {
     /// `source.address` / `destination.address`: `ip:port`.
     pub source_address: &'a str,
     pub destination_address: &'a str,
-    /// The peer's and the local certificate's URI SAN, else subject; empty
-    /// without TLS.
+    /// The peer's and the local certificate's URI SAN, else DNS SAN, else
+    /// subject; empty without TLS.
     pub source_principal: &'a str,
     pub destination_principal: &'a str,
     /// `request.protocol` (`HTTP/1.1`, `HTTP/2`, ...).
@@ -225,25 +225,58 @@ fn check_ok(ok: OkHttpResponse) -> CheckOk {
     }
 }
 
+/// The request headers as a CheckRequest's map entries: a name seen again is
+/// joined to its first value with `,` (Envoy's `headers` map), values not
+/// UTF-8 are read lossily.
+fn header_entries(pairs: &[(&str, &[u8])]) -> Vec<MapEntry> {
+    let mut out: Vec<MapEntry> = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        // `from_utf8` checks a word at a time; the lossy form goes byte by byte.
+        let v = match std::str::from_utf8(v) {
+            Ok(v) => std::borrow::Cow::Borrowed(v),
+            Err(_) => String::from_utf8_lossy(v),
+        };
+        match out.iter_mut().find(|e| e.key == *k) {
+            Some(e) => {
+                e.value.push(',');
+                e.value.push_str(&v);
+            }
+            None => out.push(MapEntry {
+                key: (*k).to_string(),
+                value: v.into_owned(),
+            }),
+        }
+    }
+    out
+}
+
 impl GrpcService {
-    /// The serialized `CheckRequest` for a request with these headers (repeated
-    /// names joined with `,`, pseudo-headers included, as Envoy sends them).
-    pub fn check_request(&self, headers: &[(String, String)], a: &CheckAttributes) -> Vec<u8> {
+    /// The serialized `CheckRequest` for a request with these headers (the
+    /// host's pairs, pseudo-headers included, as Envoy sends them).
+    pub fn check_request(&self, pairs: &[(&str, &[u8])], a: &CheckAttributes) -> Vec<u8> {
         let peer = |address: &str, principal: &str| Peer {
             address: socket_address(address),
             service: String::new(),
             principal: principal.to_string(),
         };
+        let headers = header_entries(pairs);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|e| e.key == name)
+                .map(|e| e.value.clone())
+                .unwrap_or_default()
+        };
         let http = HttpRequest {
-            id: get(headers, "x-request-id").to_string(),
-            method: get(headers, ":method").to_string(),
-            path: get(headers, ":path").to_string(),
-            host: get(headers, ":authority").to_string(),
-            scheme: get(headers, ":scheme").to_string(),
+            id: get("x-request-id"),
+            method: get(":method"),
+            path: get(":path"),
+            host: get(":authority"),
+            scheme: get(":scheme"),
             // Envoy sends the body bytes received so far: none at request headers.
             size: 0,
             protocol: a.protocol.to_string(),
-            headers: headers.iter().cloned().collect(),
+            headers,
         };
         let request = CheckRequest {
             attributes: Some(AttributeContext {
@@ -256,7 +289,6 @@ impl GrpcService {
                     }),
                     http: Some(http),
                 }),
-                context_extensions: Default::default(),
             }),
         };
         request.encode_to_vec()
@@ -424,7 +456,12 @@ mod tests {
             protocol: "HTTP/1.1",
             time_nanos: 1_700_000_000_123_456_789,
         };
-        let bytes = grpc().check_request(&req, &attrs);
+        let pairs: Vec<(&str, &[u8])> = req
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain([("x-user", &b"c"[..])])
+            .collect();
+        let bytes = grpc().check_request(&pairs, &attrs);
         let r = CheckRequest::decode(bytes.as_slice()).unwrap();
         let a = r.attributes.unwrap();
         let src = a.source.unwrap();
@@ -467,11 +504,18 @@ mod tests {
                 "HTTP/1.1"
             )
         );
+        let header = |k: &str| {
+            http.headers
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.as_str())
+        };
         assert_eq!(http.headers.len(), 7);
-        assert_eq!(http.headers["x-user"], "a,b");
-        assert_eq!(http.headers[":path"], "/a?b=1");
+        // A repeated name: its values joined, in order.
+        assert_eq!(header("x-user"), Some("a,b,c"));
+        assert_eq!(header(":path"), Some("/a?b=1"));
         // Addresses the host could not give are left out.
-        let bytes = grpc().check_request(&req[..4], &CheckAttributes::default());
+        let bytes = grpc().check_request(&pairs[..4], &CheckAttributes::default());
         let r = CheckRequest::decode(bytes.as_slice()).unwrap();
         let a = r.attributes.unwrap();
         assert_eq!(a.source.unwrap().address, None);
