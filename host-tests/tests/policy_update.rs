@@ -502,7 +502,7 @@ fn two_hundred_swaps_free_the_old_root_contexts() {
     let mut swaps = Vec::new();
     let mut expects = vec![authz_expect(false)];
     let mut swap_to = |i: usize| {
-        let admin = i % 2 == 0;
+        let admin = i.is_multiple_of(2);
         let s = ecds::swap(
             &envoy,
             &authz,
