@@ -2,9 +2,9 @@
 //! along the path instead of one prefix test per policy.
 //!
 //! Most policies name paths, so most of a large set fails on the path (see
-//! `Policy::path_guard`). Testing each policy's guard costs a few hundred wasm
-//! operators per policy; walking the path through a trie of every guard prefix
-//! costs about the same once for the whole engine.
+//! `Policy::path_guard`). Testing each policy's guard costs work per policy;
+//! walking the path through a trie of every guard prefix costs about as much
+//! as one such test, once for the whole engine.
 
 use super::Policy;
 

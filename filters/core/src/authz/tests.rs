@@ -1,5 +1,5 @@
-//! Table-driven tests from reference/istio-semantics.md §A and the golden
-//! AuthorizationPolicy → RBAC pairs.
+//! Table-driven tests of Istio's AuthorizationPolicy semantics, and of the
+//! golden AuthorizationPolicy → RBAC pairs from Istio's own tests.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
