@@ -145,6 +145,12 @@ pub struct Cidr {
     len: u8,
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 impl Cidr {
     pub fn parse(s: &str) -> Result<Cidr, String> {
         let (ip, len) = match s.split_once('/') {

@@ -10,6 +10,7 @@
 
 pub(crate) mod compile;
 pub mod config;
+mod explain;
 pub mod ext_authz;
 mod guard;
 pub mod matchers;
@@ -27,6 +28,7 @@ use crate::http_match::starts_with_bytes;
 pub use compile::{ExtAuthzService, ExtAuthzSettings, GrpcService, HttpService};
 pub use config::{Action, AuthzConfig};
 pub use ext_authz::{CheckAttributes, CheckOk, ExtAuthzOutcome};
+pub use explain::NearestAllow;
 use matchers::{Cidr, StrMatch};
 
 /// Everything a policy may look at, fetched lazily by the host glue (each
