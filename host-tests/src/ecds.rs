@@ -234,9 +234,20 @@ pub fn swap(envoy: &Envoy, ecds: &Ecds, typed_config: &Value, limit: Duration) -
                 "{}: one write, both applied and rejected: {before:?} → {now:?}",
                 ecds.name()
             );
+            let seen = Instant::now();
+            if rejected && now.update_rejected > before.update_rejected {
+                // Its `config_reload` may come after `config_fail`: wait a little
+                // for it, so that the next swap does not take it for its own.
+                let until = Instant::now() + Duration::from_secs(2);
+                while ecds_stats(envoy, ecds.name()).config_reload == before.config_reload
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
             return Swap {
                 written,
-                seen: Instant::now(),
+                seen,
                 outcome: if applied {
                     Update::Applied
                 } else {
