@@ -51,6 +51,8 @@ setup: .venv/envoy-bin .apt-stamp
 build:
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS) $(BENCH_MODULES),-p $(f))
 	cargo build -p meshwasm-cli
+	# The rate limit service the ratelimit tests run (target/debug/meshwasm-rls).
+	cargo build -p meshwasm-rls
 	@mkdir -p $(DIST)
 	@for f in $(FILTERS) $(BENCH_MODULES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$f.wasm $(DIST)/$$f.wasm; done
 	$(CARGO_TARGET_DIR)/debug/meshwasm prune-callbacks $(foreach f,$(FILTERS) crossings,$(DIST)/$(f).wasm)
