@@ -568,14 +568,7 @@ impl Context for Http {
         let ExtAuthzService::Grpc(grpc) = &settings.service else {
             return;
         };
-        let message = if status_code == 0 {
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let message = glue::grpc_call_message(status_code, response_size);
         match grpc.outcome(status_code, &message) {
             Some(o) => self.resume_after(o, false, &id),
             None => self.resume_after(settings.on_error(), true, &id),

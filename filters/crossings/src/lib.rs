@@ -14,6 +14,12 @@
 //!
 //! Returned buffers are freed without being parsed: the row measures the
 //! crossing, not what a filter does with the data.
+//!
+//! `grpc_call` is the one op that waits: an empty `Authorization/Check` to the
+//! cluster `ext_authz_grpc` (named with an `:authority` in a serialized
+//! GrpcService, as authz names it), the request paused until the answer, whose
+//! message is read before the request resumes: what a CUSTOM check over gRPC
+//! must cross besides its own reads.
 
 use std::rc::Rc;
 
@@ -21,7 +27,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 
-meshwasm_glue::callbacks!("request_headers delete");
+meshwasm_glue::callbacks!("request_headers grpc_receive grpc_close delete");
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
@@ -58,6 +64,8 @@ enum Op {
     WasiClock,
     /// `proxy_get_shared_data` of a present 64-byte value (host allocates).
     SharedGet,
+    /// `proxy_grpc_call`, then the answer's VM entry, its message and the resume.
+    GrpcCall,
     /// `proxy_set_shared_data` (no CAS).
     SharedSet,
 }
@@ -78,6 +86,7 @@ impl Op {
             "wasi_clock" => Op::WasiClock,
             "shared_get" => Op::SharedGet,
             "shared_set" => Op::SharedSet,
+            "grpc_call" => Op::GrpcCall,
             _ => return None,
         })
     }
@@ -133,6 +142,7 @@ impl RootContext for CrossingsRoot {
         Some(Box::new(CrossingsHttp {
             ops: self.ops.clone(),
             metric: self.metric,
+            calls: 0,
         }))
     }
 }
@@ -140,23 +150,50 @@ impl RootContext for CrossingsRoot {
 struct CrossingsHttp {
     ops: Rc<[(Op, u32)]>,
     metric: Option<u32>,
+    /// gRPC calls not answered yet.
+    calls: u32,
 }
 
-impl Context for CrossingsHttp {}
+impl Context for CrossingsHttp {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
+        drop(meshwasm_glue::grpc_call_message(status_code, size));
+        self.calls = self.calls.saturating_sub(1);
+        if self.calls == 0 {
+            meshwasm_glue::resume_request();
+        }
+    }
+}
 
 impl HttpContext for CrossingsHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for &(op, repeat) in self.ops.iter() {
+        let ops = self.ops.clone();
+        for &(op, repeat) in ops.iter() {
             for _ in 0..repeat {
                 self.cross(op);
             }
         }
-        Action::Continue
+        if self.calls > 0 {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }
 
+/// The serialized GrpcService the `grpc_call` op names its cluster with.
+fn grpc_target() -> String {
+    use prost::Message;
+    let service = meshwasm_core::proto::core::GrpcService {
+        envoy_grpc: Some(meshwasm_core::proto::core::EnvoyGrpc {
+            cluster_name: "ext_authz_grpc".into(),
+            authority: "ext-authz-grpc.bench.svc.cluster.local".into(),
+        }),
+    };
+    String::from_utf8(service.encode_to_vec()).unwrap_or_default()
+}
+
 impl CrossingsHttp {
-    fn cross(&self, op: Op) {
+    fn cross(&mut self, op: Op) {
         let req = MapType::HttpRequestHeaders;
         match op {
             Op::None => {}
@@ -187,6 +224,19 @@ impl CrossingsHttp {
                 Some(&[7u8; 64]),
                 None,
             )),
+            Op::GrpcCall => {
+                let sent = hostcalls::dispatch_grpc_call(
+                    &grpc_target(),
+                    "envoy.service.auth.v3.Authorization",
+                    "Check",
+                    vec![],
+                    None,
+                    std::time::Duration::from_secs(1),
+                );
+                if sent.is_ok() {
+                    self.calls += 1;
+                }
+            }
         }
     }
 }

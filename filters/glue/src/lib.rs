@@ -250,6 +250,18 @@ pub fn apply_header_options(map: MapType, options: &[HeaderToAdd]) {
     }
 }
 
+/// The message of a gRPC call's answer (`on_grpc_call_response`), or nothing
+/// when the call failed (`status_code` not OK: there is no message to read).
+pub fn grpc_call_message(status_code: u32, size: usize) -> Vec<u8> {
+    if status_code != 0 {
+        return Vec::new();
+    }
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// A property as raw bytes; None when absent, empty or not addressable here.
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()

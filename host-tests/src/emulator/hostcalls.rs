@@ -559,13 +559,7 @@ fn proxy(l: &mut Linker<Host>) -> anyhow::Result<()> {
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                     .collect()
             };
-            let token = h.next_token;
-            h.next_token += 1;
-            let context_id = if h.effective != 0 {
-                h.effective
-            } else {
-                h.root_id
-            };
+            let (token, context_id) = h.new_callout();
             h.http_calls.insert(
                 token,
                 HttpCall {
@@ -612,13 +606,7 @@ fn proxy(l: &mut Linker<Host>) -> anyhow::Result<()> {
             if !names_cluster {
                 return code(Status::ParseFailure);
             }
-            let token = h.next_token;
-            h.next_token += 1;
-            let context_id = if h.effective != 0 {
-                h.effective
-            } else {
-                h.root_id
-            };
+            let (token, context_id) = h.new_callout();
             h.grpc_calls.insert(
                 token,
                 GrpcCall {

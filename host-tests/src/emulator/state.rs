@@ -208,6 +208,19 @@ pub(crate) struct Host {
 }
 
 impl Host {
+    /// A new callout's token, and the context it belongs to (the effective
+    /// one, else the root).
+    pub(crate) fn new_callout(&mut self) -> (u32, u32) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let context_id = if self.effective != 0 {
+            self.effective
+        } else {
+            self.root_id
+        };
+        (token, context_id)
+    }
+
     pub fn new(world: World, cfg: VmConfig) -> Host {
         let rng = cfg.seed ^ 0x6d65_7368_7761_736d;
         Host {
