@@ -640,6 +640,8 @@ fn main() {
     });
     // The ext_authz server of the CUSTOM rows: allows every check, at once.
     let grpc_authz = GrpcAuthz::start(|_| grpc_authz::ok(Default::default()));
+    // The rate limit service of the global rate limit rows: OK at once.
+    let rls_port = start_ok_rls();
     let dir = std::env::temp_dir().join(format!("meshwasm-bench-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let mut builder = Envoy::from_file("bench.yaml")
@@ -647,6 +649,7 @@ fn main() {
         .var("FILTER_CLUSTERS", &clusters)
         .upstream("UPSTREAM_PORT", &upstream)
         .var("GRPC_AUTHZ_PORT", &grpc_authz.port().to_string())
+        .var("RLS_PORT", &rls_port.to_string())
         .concurrency(1)
         .log_level("warning");
     if o.callgrind {
@@ -913,4 +916,46 @@ mod tests {
             );
         }
     }
+}
+
+/// An RLS v3 server answering every `ShouldRateLimit` with OK, on a free
+/// loopback port, for the life of the bench.
+fn start_ok_rls() -> u16 {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+        RateLimitService, RateLimitServiceServer,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::{
+        rate_limit_response::Code, RateLimitRequest, RateLimitResponse,
+    };
+    struct AllowAll;
+    #[tonic::async_trait]
+    impl RateLimitService for AllowAll {
+        async fn should_rate_limit(
+            &self,
+            _: tonic::Request<RateLimitRequest>,
+        ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+            Ok(tonic::Response::new(RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                ..Default::default()
+            }))
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(RateLimitServiceServer::new(AllowAll))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    });
+    port
 }
