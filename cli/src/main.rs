@@ -1,6 +1,7 @@
 //! `meshwasm`: check plugin configurations with the filters' own parsers, render
 //! WasmPlugin/TrafficExtension/EnvoyFilter manifests, build/push/pull the OCI images Istio pulls.
 
+mod explain;
 mod filter;
 mod image;
 mod manifest;
@@ -105,6 +106,10 @@ enum Command {
         #[arg(long, default_value = "GATEWAY", value_parser = ["GATEWAY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "ANY"])]
         context: String,
     },
+    /// Explain one request offline: every configured stage (jwt_authn, authz,
+    /// fault, canary) decides it with the modules' own code.
+    /// Exit 0 if it passes, 1 if denied, 2 on bad input.
+    Explain(explain::ExplainArgs),
     /// OCI images in the Wasm compat format Istio pulls.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -250,6 +255,9 @@ enum ImageCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Explain(args) = cli.command {
+        return explain::main(args);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(msg)) => {
@@ -270,6 +278,8 @@ fn run(command: Command) -> Result<(), CliError> {
             file,
             print,
         } => check(filter, &file, print),
+        // `main` runs explain itself: it has its own exit codes.
+        Command::Explain(_) => Err(CliError::Internal("explain runs from main".into())),
         Command::PruneCallbacks { modules } => {
             for path in modules {
                 let wasm = std::fs::read(&path).map_err(|e| CliError::io(&path, e))?;
