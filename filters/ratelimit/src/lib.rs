@@ -16,7 +16,7 @@ use meshwasm_core::ratelimit::{HeaderReads, RequestView};
 use meshwasm_glue as glue;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, GrpcStatusCode};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode};
 
 const FILTER: &str = "ratelimit";
 
@@ -180,14 +180,7 @@ impl Context for Http {
         if self.call.take_if(|t| *t == token).is_none() {
             return;
         }
-        let message = if status_code == 0 {
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let message = glue::grpc_call_message(status_code, response_size);
         let answer = self.shared.cfg.answer(status_code, &message);
         if self.apply(answer) {
             glue::resume_request();
