@@ -829,7 +829,7 @@ fn main() {
             }
         } else {
             Section {
-                heading: "Envoy CPU time per request".to_string(),
+                heading: format!("Envoy CPU time per request: {}", group_names(&rows)),
                 method: format!(
                     "one Envoy (`--concurrency 1`), listeners side by side, load from `wrk -t1 \
                      -c{}` on loopback, {} rounds × {} s per row in rotating order; per row the \
