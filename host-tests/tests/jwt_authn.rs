@@ -172,6 +172,40 @@ fn jwt_outcome(resp: &Response) -> JwtOutcome {
     }
 }
 
+/// `meshwasm explain` (built by `make build`) on the same RequestAuthentication
+/// gives each case the status native Envoy gave it.
+fn explain_agrees(rules: &[Value], envoy: &Envoy, cases: &[Case]) {
+    let bin = host_tests::paths::target_dir().join("debug/meshwasm");
+    assert!(bin.exists(), "{} missing: run `make build`", bin.display());
+    let file =
+        std::env::temp_dir().join(format!("meshwasm-jwt-explain-{}.yaml", std::process::id()));
+    let ra = json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                    "metadata": {"name": "ra", "namespace": "foo"}, "spec": {"jwtRules": rules}});
+    std::fs::write(&file, ra.to_string()).unwrap();
+    let mut diffs = Vec::new();
+    for c in cases.iter().filter(|c| c.request.raw_headers.is_empty()) {
+        let r = &c.request;
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("explain").arg("-f").arg(&file);
+        cmd.args(["-o", "json", "--method", &r.method, "--path", &r.path]);
+        for (k, v) in &r.headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        let out = cmd.output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let native = envoy.send("native", r).status;
+        if v["status"].as_u64() != Some(u64::from(native)) {
+            diffs.push(format!(
+                "{}: native {native}, explain {v} {}",
+                c.name,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    assert!(diffs.is_empty(), "explain differs:\n{}", diffs.join("\n"));
+}
+
 fn claims() -> Value {
     json!({"iss": ISS, "sub": "alice", "aud": ["svc"], "exp": now() + 3600, "iat": now(),
            "scope": "read write", "team": {"name": "blue"}, "n": 7})
@@ -204,7 +238,7 @@ fn twin_inline_jwks_every_algorithm_and_every_failure() {
         "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}, {"header": "x-team", "claim": "team.name"},
                                  {"header": "x-n", "claim": "n"}]
     });
-    let envoy = start(&[rule], &upstream, &jwks);
+    let envoy = start(std::slice::from_ref(&rule), &upstream, &jwks);
 
     let mut cases = Vec::new();
     for alg in [
@@ -442,6 +476,8 @@ fn twin_inline_jwks_every_algorithm_and_every_failure() {
         assert_eq!(r.status, 200);
     }
     assert!(envoy.stat("wasmcustom.meshwasm.jwt_authn.cache_hit") >= hits + 3);
+    // Last: it sends every case to the native listener once more.
+    explain_agrees(&[rule], &envoy, &cases);
 }
 
 #[test]
