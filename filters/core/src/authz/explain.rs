@@ -31,9 +31,9 @@ impl Authz {
         for p in &engine.policies {
             let n = nearest_in(p, req);
             // Closest by the share of conditions met; ties keep the earlier rule.
-            let better = best.as_ref().is_none_or(|b| {
-                n.satisfied * b.total.max(1) > b.satisfied * n.total.max(1)
-            });
+            let better = best
+                .as_ref()
+                .is_none_or(|b| n.satisfied * b.total.max(1) > b.satisfied * n.total.max(1));
             if better {
                 best = Some(n);
             }
@@ -263,7 +263,10 @@ mod tests {
 
     fn get(path: &str) -> Req {
         Req {
-            headers: vec![(":method".into(), "GET".into()), (":path".into(), path.into())],
+            headers: vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), path.into()),
+            ],
             path: path.as_bytes().to_vec(),
             peer: None,
         }
@@ -318,8 +321,14 @@ mod tests {
                     .map(|c| c.to_string()),
             )
             .collect();
-        assert!(text.contains(&"not path starts with \"/a\"".to_string()), "{text:?}");
-        assert!(text.contains(&"path matches template \"/x/*\"".to_string()), "{text:?}");
+        assert!(
+            text.contains(&"not path starts with \"/a\"".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"path matches template \"/x/*\"".to_string()),
+            "{text:?}"
+        );
         assert!(
             text.contains(&"source ip (direct peer) in 10.0.0.0/8".to_string()),
             "{text:?}"
