@@ -847,6 +847,48 @@ fn main() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// An RLS v3 server answering every `ShouldRateLimit` with OK, on a free
+/// loopback port, for the life of the bench.
+fn start_ok_rls() -> u16 {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+        RateLimitService, RateLimitServiceServer,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::{
+        rate_limit_response::Code, RateLimitRequest, RateLimitResponse,
+    };
+    struct AllowAll;
+    #[tonic::async_trait]
+    impl RateLimitService for AllowAll {
+        async fn should_rate_limit(
+            &self,
+            _: tonic::Request<RateLimitRequest>,
+        ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+            Ok(tonic::Response::new(RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                ..Default::default()
+            }))
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(RateLimitServiceServer::new(AllowAll))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,46 +958,4 @@ mod tests {
             );
         }
     }
-}
-
-/// An RLS v3 server answering every `ShouldRateLimit` with OK, on a free
-/// loopback port, for the life of the bench.
-fn start_ok_rls() -> u16 {
-    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-        RateLimitService, RateLimitServiceServer,
-    };
-    use envoy_types::pb::envoy::service::ratelimit::v3::{
-        rate_limit_response::Code, RateLimitRequest, RateLimitResponse,
-    };
-    struct AllowAll;
-    #[tonic::async_trait]
-    impl RateLimitService for AllowAll {
-        async fn should_rate_limit(
-            &self,
-            _: tonic::Request<RateLimitRequest>,
-        ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-            Ok(tonic::Response::new(RateLimitResponse {
-                overall_code: Code::Ok as i32,
-                ..Default::default()
-            }))
-        }
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            tonic::transport::Server::builder()
-                .add_service(RateLimitServiceServer::new(AllowAll))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
-    });
-    port
 }
