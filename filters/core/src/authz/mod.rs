@@ -27,8 +27,8 @@ use crate::config::{from_json, ConfigError};
 use crate::http_match::starts_with_bytes;
 pub use compile::{ExtAuthzService, ExtAuthzSettings, GrpcService, HttpService};
 pub use config::{Action, AuthzConfig};
-pub use ext_authz::{CheckAttributes, CheckOk, ExtAuthzOutcome};
 pub use explain::NearestAllow;
+pub use ext_authz::{CheckAttributes, CheckOk, ExtAuthzOutcome};
 use matchers::{Cidr, StrMatch};
 
 /// Everything a policy may look at, fetched lazily by the host glue (each
