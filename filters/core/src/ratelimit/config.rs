@@ -477,16 +477,21 @@ impl RequestView<'_> {
     }
 }
 
+/// A pasted `@type`, when given, must be the filter's own: `@type` names the
+/// proto the JSON is, so another one means another filter's configuration.
+pub(crate) fn check_type_url(type_url: Option<&str>, expected: &str) -> Result<(), ConfigError> {
+    match type_url {
+        Some(t) if t != expected => Err(ConfigError::new(
+            &FieldPath::root().field("@type"),
+            format!("expected {expected:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn compile(json: LocalRateLimitJson) -> Result<LocalRateLimit, ConfigError> {
     let root = FieldPath::root();
-    if let Some(t) = &json.type_url {
-        if t != TYPE_URL {
-            return Err(ConfigError::new(
-                &root.field("@type"),
-                format!("expected {TYPE_URL:?}"),
-            ));
-        }
-    }
+    check_type_url(json.type_url.as_deref(), TYPE_URL)?;
     if json.stat_prefix.is_empty() {
         return Err(ConfigError::new(
             &root.field("stat_prefix"),

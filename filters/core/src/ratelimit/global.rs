@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::actions::{self, RateLimitPolicy};
 use super::config::{
-    compile_rate_limits, enum_value, headers_to_add, status_code, HeaderReads,
+    check_type_url, compile_rate_limits, enum_value, headers_to_add, status_code, HeaderReads,
     HeaderValueOptionJson, HttpStatusJson, RateLimitJson, RequestView,
 };
 use crate::authz::compile::GrpcServiceTarget;
@@ -328,14 +328,7 @@ fn apply_options(headers: &mut Vec<(String, String)>, options: &[HeaderToAdd]) {
 
 fn compile(json: GlobalJson) -> Result<GlobalRateLimit, ConfigError> {
     let root = FieldPath::root();
-    if let Some(t) = &json.type_url {
-        if t != TYPE_URL {
-            return Err(ConfigError::new(
-                &root.field("@type"),
-                format!("expected {TYPE_URL:?}"),
-            ));
-        }
-    }
+    check_type_url(json.type_url.as_deref(), TYPE_URL)?;
     if json.domain.is_empty() {
         return Err(ConfigError::new(&root.field("domain"), "must not be empty"));
     }
